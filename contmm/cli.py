@@ -1,0 +1,95 @@
+"""The ``contmm`` command line: ``contmm fit --config experiments/seq_vqa.yaml``.
+
+jsonargparse owns the CLI (as in LitGPT): one parser per subcommand, configs in
+LightningCLI's layout (``trainer:``, ``class_path`` / ``init_args``), several ``--config``
+files compose (later wins) and ``--section.key value`` overrides any of them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import lightning as L
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from contmm.data import DataConfig
+from contmm.model import ModelConfig
+from contmm.module import EvalConfig, OptimizerConfig
+from contmm.runner import ContinualRun, PretrainConfig
+from contmm.strategy import Strategy
+from contmm.stream import TaskStream
+
+# Trainer arguments the runner owns: one logger pair per stage under the run directory,
+# and its own samplers (seeded training shuffle, evaluation shards without duplicates).
+RUNNER_OWNED_TRAINER_ARGS = {"logger", "default_root_dir", "use_distributed_sampler"}
+
+
+def fit_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        description="Tune a multimodal LLM on a stream of tasks, one stage per task, and score "
+        "every task after every stage."
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML config; may be given several times")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and shuffling")
+    parser.add_argument("--output_dir", type=str, default="runs/seq_vqa", help="the run directory")
+    parser.add_class_arguments(ModelConfig, "model", help="the multimodal LLM")
+    parser.add_subclass_arguments(TaskStream, "stream", required=True, help="the task stream")
+    parser.add_argument(
+        "--strategies", type=list[Strategy], default=[],
+        help="continual strategies, run in order (class_path / init_args entries)",
+    )  # fmt: skip
+    parser.add_class_arguments(PretrainConfig, "pretrain", help="MM pre-training before the stream")
+    parser.add_class_arguments(OptimizerConfig, "optimizer", help="optimizer of every stage")
+    parser.add_class_arguments(DataConfig, "data", help="training data loading")
+    parser.add_class_arguments(EvalConfig, "eval", help="evaluation after every stage")
+    parser.add_class_arguments(
+        L.Trainer, "trainer", instantiate=False, skip=RUNNER_OWNED_TRAINER_ARGS,
+        help="Lightning Trainer arguments of every stage",
+    )  # fmt: skip
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="contmm", description="Continual instruction tuning of multimodal LLMs.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    subcommands = parser.add_subcommands()
+    subcommands.add_subcommand("fit", fit_parser(), help="run a continual stream end to end")
+    return parser
+
+
+def fit(parser: ArgumentParser, cfg) -> dict:
+    fit_cfg = cfg.fit
+    init = parser.instantiate_classes(cfg).fit
+    config = {"yaml": parser._subcommands_action._name_parser_map["fit"].dump(fit_cfg), "dict": fit_cfg.clone().as_dict()}
+    config["dict"].pop("config", None)
+    run = ContinualRun(
+        stream=init.stream,
+        model=init.model,
+        strategies=init.strategies,
+        seed=init.seed,
+        output_dir=init.output_dir,
+        pretrain=init.pretrain,
+        optimizer=init.optimizer,
+        data=init.data,
+        evaluation=init.eval,
+        trainer=init.trainer.as_dict(),
+        config=config,
+    )
+    return run.fit()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    cfg = parser.parse_args(argv)
+    try:
+        if cfg.subcommand == "fit":
+            fit(parser, cfg)
+    except (ValueError, OSError) as error:
+        if cfg.debug:
+            raise
+        print(f"contmm: error: {error}\n(run `contmm --debug ...` for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

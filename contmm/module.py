@@ -1,0 +1,141 @@
+"""The LightningModule of a continual run: LM loss + strategy penalties, batched evaluation.
+
+One module lives for the whole run; the runner points it at a stage (``task_id``) and
+builds a fresh ``Trainer`` per stage. The optimizer is rebuilt at every fit over the
+parameters that are trainable *then*, so adapters or projectors a strategy adds are
+optimised.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from transformers import get_cosine_schedule_with_warmup
+
+from contmm.evaluation import TaskScores
+from contmm.model import MMLLM
+from contmm.scoring import get_scorer
+from contmm.strategy import Strategies
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with linear warmup and cosine decay over the stage's steps.
+
+    Args:
+        lr: learning rate of the encoder and backbone (and of adapters on them).
+        projector_lr: learning rate of the input projector (defaults to ``lr``).
+        weight_decay: AdamW weight decay.
+        warmup_ratio: fraction of the stage's steps spent warming up.
+    """
+
+    lr: float = 1e-3
+    projector_lr: float | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+
+
+@dataclass
+class EvalConfig:
+    """Args:
+    batch_size: prompts generated together per device (left-padded, KV cache).
+    max_new_tokens: the longest answer generated.
+    """
+
+    batch_size: int = 64
+    max_new_tokens: int = 8
+
+
+class ContinualModule(L.LightningModule):
+    def __init__(
+        self,
+        model: MMLLM,
+        strategies: Strategies,
+        optimizer: OptimizerConfig,
+        evaluation: EvalConfig,
+        num_tasks: int,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.strategies = strategies
+        self.optimizer_cfg = optimizer
+        self.evaluation = evaluation
+        self.task_id: int | None = None  # the task being tuned; None during pre-training
+        self.scores = TaskScores(num_tasks)
+        self.last_scores: dict[int, float] = {}
+        self.last_predictions: dict[int, list[dict]] = {}
+
+    # -- training -------------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        outputs = self.model(**batch)
+        loss = outputs.loss
+        self.log("train/lm_loss", loss, prog_bar=True)
+        if self.task_id is not None:
+            penalty = self.strategies.penalty(self.model, batch, outputs)
+            if penalty is not None:
+                self.log("train/penalty", penalty)
+                loss = loss + penalty
+        self.log("train/loss", loss)
+        return loss
+
+    def on_train_end(self) -> None:
+        # Still on the training device and inside the process group, as after_task needs.
+        if self.task_id is not None:
+            self.strategies.after_task(self.model, self.task_id, self.trainer.train_dataloader)
+
+    def configure_optimizers(self):
+        cfg = self.optimizer_cfg
+        projector = {id(p) for p in self.model.input_projector.parameters()}
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("nothing is trainable in this stage: check the components' `freeze` settings")
+        groups = [
+            {"params": [p for p in trainable if id(p) not in projector], "lr": cfg.lr},
+            {"params": [p for p in trainable if id(p) in projector], "lr": cfg.projector_lr or cfg.lr},
+        ]
+        optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], weight_decay=cfg.weight_decay
+        )
+        total = self.trainer.estimated_stepping_batches
+        scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    def on_test_epoch_start(self) -> None:
+        self.scores.reset()
+        self._predictions: dict[int, list[dict]] = defaultdict(list)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        task_id, task = self.trainer.datamodule.eval_tasks[dataloader_idx]
+        with self.strategies.eval_context(self.model, task_id):
+            new_tokens = self.model.generate(
+                batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                max_new_tokens=self.evaluation.max_new_tokens,
+            )  # fmt: skip
+        predictions = self.model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        scorer = get_scorer(task.scorer)
+        scores = [scorer(p, a) for p, a in zip(predictions, batch["answers"])]
+        self.scores.update(task_id, torch.tensor(scores))
+        for sample_id, question, answer, prediction, score in zip(
+            batch["ids"], batch["questions"], batch["answers"], predictions, scores
+        ):
+            self._predictions[task_id].append(
+                {"id": sample_id, "question": question, "answer": answer,
+                 "prediction": prediction.strip(), "score": score}
+            )  # fmt: skip
+
+    def on_test_epoch_end(self) -> None:
+        means, counts = self.scores.compute()  # reduced over ranks by torchmetrics
+        evaluated = [task_id for task_id, _ in self.trainer.datamodule.eval_tasks]
+        self.last_scores = {j: float(means[j]) for j in evaluated if counts[j] > 0}
+        shards = [dict(self._predictions)]
+        if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
+            shards = [None] * self.trainer.world_size
+            dist.all_gather_object(shards, dict(self._predictions))
+        self.last_predictions = {j: [r for shard in shards for r in shard.get(j, [])] for j in evaluated}

@@ -1,0 +1,63 @@
+"""The run directory on disk: atomic writes of results, predictions and the summary table.
+
+Every write goes to a temporary file in the same directory and is renamed over the
+target, so a crash never leaves a half-written file. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class RunDirectory:
+    """``runs/<name>/``: config.yaml, results.json, predictions/, logs/, tokenizer/."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.logs = self.path / "logs"
+
+    @staticmethod
+    def is_writer() -> bool:
+        return rank_zero_only.rank == 0
+
+    def write_text(self, name: str, text: str) -> None:
+        if self.is_writer():
+            atomic_write(self.path / name, text)
+
+    def write_results(self, results: dict) -> None:
+        self.write_text("results.json", json.dumps(results, indent=2) + "\n")
+
+    def write_predictions(self, stage: int, task: str, records: list[dict]) -> None:
+        lines = "".join(json.dumps(r) + "\n" for r in sorted(records, key=lambda r: str(r["id"])))
+        self.write_text(f"predictions/stage_{stage}/{task}.jsonl", lines)
+
+
+def summary_table(tasks: list[str], matrix: list[list[float | None]], metrics: dict) -> str:
+    """The score matrix (one row per stage) and the metrics, as fixed-width text."""
+    width = max(8, *(len(t) for t in tasks))
+    header = "stage".ljust(14) + "".join(t.rjust(width + 2) for t in tasks)
+    rows = [header]
+    for i, row in enumerate(matrix):
+        label = "0 (before)" if i == 0 else f"{i} ({tasks[i - 1]})"
+        cells = "".join(("-" if v is None else f"{v:.3f}").rjust(width + 2) for v in row)
+        rows.append(label[:14].ljust(14) + cells)
+    rows.append("")
+    rows.append("  ".join(f"{k}={'n/a' if v is None else f'{v:+.3f}'}" for k, v in metrics.items()))
+    return "\n".join(rows)

@@ -1,0 +1,108 @@
+"""The continual-strategy API: a few optional hooks the runner and the module call.
+
+A strategy never touches the training loop, the logger or the filesystem. Strategies
+compose: :class:`Strategies` calls every configured strategy in order, so
+``[Replay, EWC]`` mixes memory into the data *and* adds a penalty to the loss.
+
+Where each hook runs:
+
+- ``setup``: once, before the first evaluation (row 0).
+- ``before_task``: before stage ``task_id`` is fit, after the config's trainability is
+  applied; add an adapter or a projector, change what is trainable.
+- ``train_data``: the stage's training set, e.g. with replay memory mixed in.
+- ``penalty``: inside every training step; a scalar added to the LM loss, or None.
+- ``after_task``: at the end of the stage's fit, on the training device, with the stage's
+  training dataloader (a shard of it under DDP: all-reduce what you compute).
+- ``eval_context``: around the evaluation of task ``task_id`` (adapter / projector routing).
+- ``state_dict`` / ``load_state_dict``: what a resumed run needs (buffers, Fisher, ...).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, ContextManager
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+if TYPE_CHECKING:
+    from contmm.model import MMLLM
+    from contmm.stream import TaskStream
+
+
+class Strategy:
+    """Base class of continual strategies; every hook is optional (the default does nothing)."""
+
+    def setup(self, model: MMLLM, stream: TaskStream) -> None:
+        pass
+
+    def before_task(self, model: MMLLM, task_id: int) -> None:
+        pass
+
+    def train_data(self, task_id: int, dataset: Dataset) -> Dataset:
+        return dataset
+
+    def penalty(self, model: MMLLM, batch: dict, outputs: Any) -> torch.Tensor | None:
+        return None
+
+    def after_task(self, model: MMLLM, task_id: int, dataloader: DataLoader) -> None:
+        pass
+
+    def eval_context(self, model: MMLLM, task_id: int) -> ContextManager:
+        return nullcontext()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+
+class Strategies(Strategy):
+    """Several strategies run in the configured order."""
+
+    def __init__(self, strategies: list[Strategy]) -> None:
+        self.strategies = list(strategies)
+
+    def setup(self, model, stream):
+        for s in self.strategies:
+            s.setup(model, stream)
+
+    def before_task(self, model, task_id):
+        for s in self.strategies:
+            s.before_task(model, task_id)
+
+    def train_data(self, task_id, dataset):
+        for s in self.strategies:
+            dataset = s.train_data(task_id, dataset)
+        return dataset
+
+    def penalty(self, model, batch, outputs):
+        terms = [p for s in self.strategies if (p := s.penalty(model, batch, outputs)) is not None]
+        return torch.stack(terms).sum() if terms else None
+
+    def after_task(self, model, task_id, dataloader):
+        for s in self.strategies:
+            s.after_task(model, task_id, dataloader)
+
+    @contextmanager
+    def eval_context(self, model, task_id):
+        with ExitStack() as stack:
+            for s in self.strategies:
+                stack.enter_context(s.eval_context(model, task_id))
+            yield
+
+    def state_dict(self):
+        return {f"{i}:{s.name}": s.state_dict() for i, s in enumerate(self.strategies)}
+
+    def load_state_dict(self, state):
+        for i, s in enumerate(self.strategies):
+            s.load_state_dict(state[f"{i}:{s.name}"])
+
+    @property
+    def name(self) -> str:
+        return "+".join(s.name for s in self.strategies) or "none"

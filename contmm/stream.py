@@ -1,0 +1,71 @@
+"""Tasks and task streams: what a continual run is trained and evaluated on.
+
+A sample is a dict in the LLaVA / CoIN shape: ``{"id", "image", "question", "answer"}``,
+where ``image`` is a PIL image (or a path a stream resolves) and ``question`` holds the
+``<image>`` placeholder. A :class:`TaskStream` is an ordered list of :class:`Task`; it can be
+viewed as an Avalanche benchmark with task labels, so Avalanche's experiences and storage
+policies work on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from torch.utils.data import Dataset
+
+
+@dataclass
+class Task:
+    """One instruction-tuning task: its name, train and test samples and its scorer."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+    scorer: str = "exact_match"
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            if len(getattr(self, split)) == 0:
+                raise ValueError(f"task {self.name!r} has no {split} samples")
+
+
+class TaskStream:
+    """An ordered sequence of tasks, plus an optional pre-training (alignment) task.
+
+    Subclasses build ``self.tasks`` (and ``self.pretrain_task``) in ``__init__``.
+    """
+
+    tasks: list[Task]
+    pretrain_task: Task | None = None
+
+    @property
+    def task_names(self) -> list[str]:
+        return [task.name for task in self.tasks]
+
+    def texts(self) -> Iterator[str]:
+        """Every question and answer of the stream, for building a word-level tokenizer."""
+        for task in [*self.tasks, *([self.pretrain_task] if self.pretrain_task else [])]:
+            for split in (task.train, task.test):
+                for i in range(len(split)):
+                    sample = split.text(i) if hasattr(split, "text") else split[i]
+                    yield sample["question"]
+                    yield sample["answer"]
+
+    def benchmark(self):
+        """The stream as an Avalanche benchmark: one experience per task, task label = index."""
+        from avalanche.benchmarks import benchmark_from_datasets, with_task_labels
+        from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
+        from avalanche.benchmarks.utils.flat_data import ConstantSequence
+
+        def labelled(dataset: Dataset, task_id: int) -> AvalancheDataset:
+            labels = ConstantSequence(task_id, len(dataset))
+            attribute = DataAttribute(labels, "targets_task_labels", use_in_getitem=False)
+            return AvalancheDataset([dataset], data_attributes=[attribute])
+
+        return with_task_labels(
+            benchmark_from_datasets(
+                train=[labelled(task.train, i) for i, task in enumerate(self.tasks)],
+                test=[labelled(task.test, i) for i, task in enumerate(self.tasks)],
+            )
+        )

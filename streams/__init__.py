@@ -1,0 +1,1 @@
+"""Task-stream families: one file each. Configs refer to them by import path."""
