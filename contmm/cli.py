@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 import lightning as L
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
 from contmm.data import DataConfig
 from contmm.model import ModelConfig
@@ -26,6 +26,8 @@ RUNNER_OWNED_TRAINER_ARGS = {"logger", "default_root_dir", "use_distributed_samp
 
 def fit_parser() -> ArgumentParser:
     parser = ArgumentParser(
+        exit_on_error=False,
+        allow_abbrev=False,
         description="Tune a multimodal LLM on a stream of tasks, one stage per task, and score "
         "every task after every stage."
     )
@@ -49,19 +51,25 @@ def fit_parser() -> ArgumentParser:
     return parser
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="contmm", description="Continual instruction tuning of multimodal LLMs.")
+def build_parser(fit_cli: ArgumentParser) -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="contmm",
+        description="Continual instruction tuning of multimodal LLMs.",
+        exit_on_error=False,
+        allow_abbrev=False,
+    )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subcommands = parser.add_subcommands()
-    subcommands.add_subcommand("fit", fit_parser(), help="run a continual stream end to end")
+    subcommands.add_subcommand("fit", fit_cli, help="run a continual stream end to end")
     return parser
 
 
-def fit(parser: ArgumentParser, cfg) -> dict:
-    fit_cfg = cfg.fit
-    init = parser.instantiate_classes(cfg).fit
-    config = {"yaml": parser._subcommands_action._name_parser_map["fit"].dump(fit_cfg), "dict": fit_cfg.clone().as_dict()}
-    config["dict"].pop("config", None)
+def fit(fit_cli: ArgumentParser, cfg) -> dict:
+    """Run the continual stream that the parsed ``fit`` config ``cfg`` describes."""
+    init = fit_cli.instantiate(cfg)
+    resolved = cfg.clone()
+    del resolved["config"]  # the files it came from; the resolved values are what counts
+    config = {"yaml": fit_cli.dump(resolved), "dict": resolved.as_dict()}
     run = ContinualRun(
         stream=init.stream,
         model=init.model,
@@ -79,11 +87,18 @@ def fit(parser: ArgumentParser, cfg) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    cfg = parser.parse_args(argv)
+    fit_cli = fit_parser()
+    parser = build_parser(fit_cli)
+    try:
+        cfg = parser.parse_args(argv)
+    except ArgumentError as error:
+        # jsonargparse's message names the bad key, value or class_path; the full usage
+        # it would print first buries it.
+        print(f"contmm: error: {error}\n(`contmm fit --help` lists every option)", file=sys.stderr)
+        sys.exit(2)
     try:
         if cfg.subcommand == "fit":
-            fit(parser, cfg)
+            fit(fit_cli, cfg.fit)
     except (ValueError, OSError) as error:
         if cfg.debug:
             raise

@@ -11,7 +11,6 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
 
 from contmm.data import DataConfig, StageData
 from contmm.environment import environment
@@ -62,6 +61,9 @@ class ContinualRun:
         self.model = MMLLM.build(model, stream.texts())
         self.strategies = Strategies(strategies)
         self.module = ContinualModule(self.model, self.strategies, optimizer, evaluation, len(stream.tasks))
+        # Built before any Trainer starts the process group: importing Avalanche on a
+        # non-zero rank inside a distributed session fails (it refuses to make loggers there).
+        self.benchmark = stream.benchmark()
         tasks = stream.task_names
         self.matrix: list[list[float | None]] = [[None] * len(tasks) for _ in range(len(tasks) + 1)]
 
@@ -85,13 +87,13 @@ class ContinualRun:
         self.run.write_text("config.yaml", self.config["yaml"])
         if self.run.is_writer():
             self.model.tokenizer.save_pretrained(self.run.path / "tokenizer")
-        if self.pretrain.max_epochs and self.stream.pretrain_task is not None:
+        if self.pretrain.max_epochs:
             self.pretrain_stage()
         self.strategies.setup(self.model, self.stream)
 
         trainer = self.new_trainer("stage_0")
         self.evaluate(trainer, 0)
-        for experience in self.stream.benchmark().train_stream:
+        for experience in self.benchmark.train_stream:
             task_id = experience.current_experience
             L.seed_everything(self.seed + task_id + 1, verbose=False)
             self.model.set_trainable(self.model.configured_trainable())
@@ -101,13 +103,20 @@ class ContinualRun:
             train = self.strategies.train_data(task_id, experience.dataset)
             trainer.fit(self.module, datamodule=self.stage_data(train))
             self.evaluate(trainer, task_id + 1)
-        rank_zero_info("\n" + summary_table(self.stream.task_names, self.matrix, compute_metrics(self.matrix)))
+        if self.run.is_writer():
+            print("\n" + summary_table(self.stream.task_names, self.matrix, compute_metrics(self.matrix)))
         return self.results(trainer, len(self.stream.tasks))
 
     def pretrain_stage(self) -> None:
+        if self.stream.pretrain_task is None:
+            raise ValueError(
+                f"pretrain.max_epochs is {self.pretrain.max_epochs} but the stream has no "
+                "pre-training task: set pretrain.max_epochs to 0 or give the stream one"
+            )
         self.model.set_trainable(self.pretrain.trainable)
         tuning = self.module.optimizer_cfg
-        self.module.optimizer_cfg = replace(tuning, lr=self.pretrain.lr or tuning.lr, projector_lr=self.pretrain.lr or tuning.projector_lr)
+        if self.pretrain.lr:
+            self.module.optimizer_cfg = replace(tuning, lr=self.pretrain.lr, projector_lr=None)
         self.module.task_id = None
         trainer = self.new_trainer("pretrain", max_epochs=self.pretrain.max_epochs, max_steps=-1)
         trainer.fit(self.module, datamodule=self.stage_data(self.stream.pretrain_task.train))

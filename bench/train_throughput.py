@@ -1,0 +1,150 @@
+"""Training throughput of ContinualModule under a Lightning Trainer vs a plain PyTorch loop.
+
+Both sides train a fresh copy of the same model (the ``model:`` section of the config,
+same seed, the config's trainable components) with AdamW and the same warmup + cosine
+schedule, on the same training batches of the synthetic stream's first task, collated
+once up front. Only the steps after a warmup are timed: the Lightning side from
+``on_train_batch_start`` of the first timed step to ``on_train_batch_end`` of the last
+one (Trainer construction and startup excluded), the plain side over the same steps.
+The two sides alternate over several rounds (their order flips each round) and the
+median of the per-round ratios is reported, since a small shared CPU is noisy.
+
+Run: ``python bench/train_throughput.py [--steps 50 --warmup 10 --rounds 15]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import statistics
+import time
+import warnings
+
+import lightning as L
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+from torch.utils.data import DataLoader
+from transformers import get_cosine_schedule_with_warmup
+
+from contmm.data import InstructionCollator
+from contmm.model import MMLLM, ModelConfig
+from contmm.module import ContinualModule, EvalConfig, OptimizerConfig
+from contmm.strategy import Strategies
+from contmm.stream import TaskStream
+
+
+def load(config_path: str) -> tuple[ModelConfig, TaskStream, int]:
+    """The model config, the stream and the training batch size of an experiment config."""
+    raw = yaml.safe_load(open(config_path))
+    parser = ArgumentParser()
+    parser.add_class_arguments(ModelConfig, "model")
+    parser.add_subclass_arguments(TaskStream, "stream")
+    init = parser.instantiate(parser.parse_object({"model": raw["model"], "stream": raw["stream"]}))
+    return init.model, init.stream, raw["data"]["batch_size"]
+
+
+class StepTimer(L.Callback):
+    """Wall time from the start of batch ``warmup`` to the end of the last batch."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.end = time.perf_counter()
+
+
+def train_lightning(model: MMLLM, batches: list[dict], warmup: int) -> float:
+    module = ContinualModule(model, Strategies([]), OptimizerConfig(), EvalConfig(), num_tasks=1)
+    module.task_id = 0
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=len(batches), logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        use_distributed_sampler=False, callbacks=[timer],
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(batches, batch_size=None, shuffle=False))
+    return timer.end - timer.start
+
+
+def train_plain(model: MMLLM, batches: list[dict], warmup: int) -> float:
+    """The same optimisation as ContinualModule.configure_optimizers, written by hand."""
+    cfg = OptimizerConfig()
+    projector = {id(p) for p in model.input_projector.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if id(p) not in projector], "lr": cfg.lr},
+        {"params": [p for p in trainable if id(p) in projector], "lr": cfg.projector_lr or cfg.lr},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+    total = len(batches)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    model.train()
+    for step, batch in enumerate(batches):
+        if step == warmup:
+            start = time.perf_counter()
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return time.perf_counter() - start
+
+
+def max_param_diff(a: MMLLM, b: MMLLM) -> float:
+    return max((pa - pb).abs().max().item() for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="experiments/seq_vqa.yaml")
+    parser.add_argument("--steps", type=int, default=50, help="training steps per run")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of each run")
+    parser.add_argument("--rounds", type=int, default=15, help="alternating Lightning / plain rounds")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (more than the free cores makes OpenMP spin and stall)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+    model_cfg, stream, batch_size = load(args.config)
+    torch.manual_seed(args.seed)
+    template = MMLLM.build(model_cfg, stream.texts())
+    template.set_trainable(template.configured_trainable())
+    dataset = stream.tasks[0].train
+    collate = InstructionCollator(template, train=True)
+    batches = [
+        collate([dataset[(step * batch_size + i) % len(dataset)] for i in range(batch_size)])
+        for step in range(args.steps)
+    ]
+    timed_samples = (args.steps - args.warmup) * batch_size
+    print(f"{args.steps} steps of {batch_size} samples, {args.warmup} untimed, {args.rounds} rounds, "
+          f"{sum(p.numel() for p in template.parameters())} parameters, {torch.get_num_threads()} threads")
+
+    runners = {"lightning": train_lightning, "plain": train_plain}
+    ratios, rates = [], {name: [] for name in runners}
+    for r in range(args.rounds):
+        order = list(runners) if r % 2 == 0 else list(reversed(runners))
+        trained, rate = {}, {}
+        for name in order:
+            trained[name] = copy.deepcopy(template)
+            rate[name] = timed_samples / runners[name](trained[name], batches, args.warmup)
+            rates[name].append(rate[name])
+        ratios.append(rate["lightning"] / rate["plain"])
+        print(f"round {r}: lightning {rate['lightning']:.0f} samples/s, plain {rate['plain']:.0f} samples/s, "
+              f"ratio {ratios[-1]:.3f}, max |param diff| {max_param_diff(trained['lightning'], trained['plain']):.2e}")
+
+    lightning, plain = statistics.median(rates["lightning"]), statistics.median(rates["plain"])
+    print(f"train throughput: lightning {lightning:.0f} samples/s, plain loop {plain:.0f} samples/s, "
+          f"ratio {statistics.median(ratios):.3f} (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()

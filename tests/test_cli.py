@@ -1,0 +1,121 @@
+"""`contmm fit`: a whole stream end to end, the run directory, and clear errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from contmm.cli import main
+from tests.conftest import TINY_RUN
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)  # configs name experiments/ relative to the repository root
+
+
+def test_fit_runs_a_stream_and_writes_the_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["fit", *TINY_RUN, "--output_dir", str(out), "--seed", "1"])
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["tasks"] == ["colour", "shape"]
+    assert results["stages_completed"] == 2
+    matrix = results["matrix"]
+    assert len(matrix) == 3 and all(len(row) == 2 for row in matrix)
+    assert all(0.0 <= v <= 1.0 for row in matrix for v in row)
+    assert set(results["metrics"]) == {"acc", "mft", "maa", "bwt", "forgetting", "fwt"}
+    assert results["config"]["seed"] == 1 and results["config"]["trainer"]["max_epochs"] == 1
+    assert results["env"]["world_size"] == 1 and results["env"]["global_batch_size"] == 8
+    assert results["strategies"] == "Naive"
+
+    for stage in range(3):
+        for task in ("colour", "shape"):
+            records = [json.loads(line) for line in (out / f"predictions/stage_{stage}/{task}.jsonl").open()]
+            assert len(records) == 9
+            # Each task's score in the matrix is the mean of its saved per-sample scores.
+            assert matrix[stage][["colour", "shape"].index(task)] == pytest.approx(
+                sum(r["score"] for r in records) / 9
+            )
+    for stage in ("pretrain", "stage_1", "stage_2"):  # the stages that train log their loss
+        assert "train/lm_loss" in (out / "logs/csv" / stage / "metrics.csv").read_text()
+    assert list((out / "logs/tensorboard/stage_1").glob("events.out.tfevents.*"))
+    assert (out / "tokenizer/tokenizer.json").exists()
+    assert "seed: 1" in (out / "config.yaml").read_text()
+    # The summary table names the tasks and the metrics.
+    printed = capsys.readouterr().out
+    assert "1 (colour)" in printed and "bwt=" in printed
+
+
+def _fit_error(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args])
+    assert exit_info.value.code != 0
+    message = capsys.readouterr().err
+    assert "Traceback" not in message and "usage:" not in message
+    return message
+
+
+def test_a_typo_in_a_config_key_is_named(capsys, tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text("trainer:\n  max_epoch: 3\n")
+    message = _fit_error(capsys, "--config", "experiments/seq_vqa.yaml", "--config", str(config))
+    assert "trainer.max_epoch" in message
+
+
+def test_an_abbreviated_option_is_not_taken_for_the_full_one(capsys):
+    message = _fit_error(capsys, "--config", "experiments/seq_vqa.yaml", "--trainer.max_epoch", "3")
+    assert "--trainer.max_epoch" in message
+
+
+def test_an_unknown_class_path_is_named(capsys):
+    message = _fit_error(
+        capsys, "--config", "experiments/seq_vqa.yaml", "--strategies", "[{class_path: strategies.nope.Nope}]"
+    )
+    assert "strategies.nope.Nope" in message
+
+
+def test_a_value_of_the_wrong_type_is_named(capsys):
+    message = _fit_error(capsys, "--config", "experiments/seq_vqa.yaml", "--seed", "abc")
+    assert "seed" in message and "abc" in message
+
+
+def test_an_error_inside_the_run_is_one_message_not_a_traceback(capsys, tmp_path):
+    message = _fit_error(
+        capsys, *TINY_RUN, "--output_dir", str(tmp_path), "--stream.init_args.tasks", "[colour, size]"
+    )
+    assert "'size'" in message
+
+
+def test_print_config_shows_the_resolved_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "experiments/seq_vqa.yaml", "--seed", "7", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "seed: 7" in printed and "class_path: streams.synthetic.SyntheticShapes" in printed
+
+
+def test_two_process_ddp_scores_every_test_sample_exactly_once(tmp_path):
+    """DDP on CPU (gloo): both ranks run the loop, rank 0 writes, shards do not overlap."""
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "contmm.cli", "fit", *TINY_RUN, "--output_dir", str(out),
+        "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["env"]["world_size"] == 2 and results["env"]["global_batch_size"] == 16
+    assert results["stages_completed"] == 2
+    for stage in range(3):
+        for task in ("colour", "shape"):
+            ids = [json.loads(line)["id"] for line in (out / f"predictions/stage_{stage}/{task}.jsonl").open()]
+            # 9 test samples over 2 ranks: no rank pads its shard with a duplicate.
+            assert sorted(ids) == sorted(f"{task}-test-{i}" for i in range(9))
+    leftovers = [p for p in out.rglob("*.tmp")]
+    assert not leftovers

@@ -1,0 +1,94 @@
+"""The five-component model (understanding path): building, the loss mask, generation."""
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from contmm.data import IGNORE_INDEX, InstructionCollator
+from contmm.model import MMLLM, BackboneConfig, EncoderConfig
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "resampler"])
+def test_each_projector_kind_maps_images_to_backbone_embeddings(stream, kind):
+    model = MMLLM.build(tiny_config(kind), stream.texts())
+    pixels = model.encoder.preprocess([stream.tasks[0].test[i]["image"] for i in range(2)])
+    tokens = model.project_images(pixels)
+    # CLIP at 32 px / patch 16 gives 4 patch tokens (CLS dropped); the resampler gives its queries.
+    assert tokens.shape == (2, 3 if kind == "resampler" else 4, model.backbone.hidden_size)
+    assert model.num_image_tokens == tokens.shape[1]
+
+
+def test_loss_is_computed_on_the_answer_tokens_only(model, stream):
+    samples = [stream.tasks[0].train[i] for i in range(3)]
+    batch = InstructionCollator(model, train=True)(samples)
+    tok = model.tokenizer
+    for row, sample in enumerate(samples):
+        labelled = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX].tolist()
+        assert labelled == tok(" " + sample["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        # The labelled positions are exactly the end of the real (unpadded) sequence.
+        length = int(batch["attention_mask"][row].sum())
+        assert (batch["labels"][row][length - len(labelled) : length] != IGNORE_INDEX).all()
+        assert (batch["labels"][row][length:] == IGNORE_INDEX).all()
+    image_tokens = (batch["input_ids"] == model.image_token_id).sum(dim=1)
+    assert image_tokens.tolist() == [model.num_image_tokens] * 3
+    assert torch.isfinite(model(**batch).loss)
+
+
+def test_a_prompt_without_the_image_placeholder_is_refused(model, stream):
+    sample = dict(stream.tasks[0].train[0], question="what colour is it ?")
+    with pytest.raises(ValueError, match="colour-train-0.*exactly one <image>"):
+        InstructionCollator(model, train=True)([sample])
+
+
+def test_batched_left_padded_generation_matches_one_sample_at_a_time(model, stream):
+    # Different question templates give prompts of different lengths, so the batch is padded.
+    samples = [stream.tasks[j].test[i] for j in range(2) for i in range(4)]
+    collate = InstructionCollator(model, train=False)
+    batch = collate(samples)
+    assert (batch["attention_mask"][:, 0] == 0).any(), "the batch should need left padding"
+    batched = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], 5)
+    assert batched.shape[1] <= 5  # only the new tokens come back
+    decode = model.tokenizer.batch_decode
+    singles = []
+    for sample in samples:
+        one = collate([sample])
+        singles += decode(model.generate(one["input_ids"], one["attention_mask"], one["pixel_values"], 5), skip_special_tokens=True)
+    assert decode(batched, skip_special_tokens=True) == singles
+
+
+def test_pretrained_components_round_trip_through_a_local_directory(model, stream, tmp_path):
+    """`pretrained:` loads what `save_pretrained` wrote: same weights, same tokenizer, same outputs."""
+    model.encoder.tower.save_pretrained(tmp_path / "encoder")
+    model.encoder.processor.save_pretrained(tmp_path / "encoder")
+    model.backbone.lm.save_pretrained(tmp_path / "backbone")
+    model.tokenizer.save_pretrained(tmp_path / "backbone")
+    save_file(model.input_projector.state_dict(), tmp_path / "projector.safetensors")
+
+    cfg = tiny_config()
+    cfg = dataclasses.replace(
+        cfg,
+        encoder=EncoderConfig(pretrained=str(tmp_path / "encoder"), feature_layer=-1),
+        input_projector=dataclasses.replace(cfg.input_projector, pretrained=str(tmp_path / "projector.safetensors")),
+        backbone=BackboneConfig(pretrained=str(tmp_path / "backbone")),
+    )
+    loaded = MMLLM.build(cfg, texts=[]).eval()
+
+    assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    batch = InstructionCollator(model, train=True)([stream.tasks[1].train[i] for i in range(2)])
+    again = InstructionCollator(loaded, train=True)([stream.tasks[1].train[i] for i in range(2)])
+    for key in ("input_ids", "labels", "pixel_values"):
+        assert torch.equal(batch[key], again[key])
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, loaded(**again).logits, atol=1e-6)
+
+
+def test_set_trainable_freezes_every_other_component(model):
+    model.set_trainable(["input_projector"])
+    assert all(p.requires_grad for p in model.input_projector.parameters())
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    with pytest.raises(ValueError, match="projector"):
+        model.set_trainable(["projector"])
