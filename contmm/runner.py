@@ -95,6 +95,8 @@ class ContinualRun:
         self.evaluate(trainer, 0)
         for experience in self.benchmark.train_stream:
             task_id = experience.current_experience
+            # Each stage draws from a seed of its own, so its shuffling and dropout do not
+            # depend on how many random numbers the stages before it consumed.
             L.seed_everything(self.seed + task_id + 1, verbose=False)
             self.model.set_trainable(self.model.configured_trainable())
             self.strategies.before_task(self.model, task_id)

@@ -48,6 +48,7 @@ class TaskStream:
         for task in [*self.tasks, *([self.pretrain_task] if self.pretrain_task else [])]:
             for split in (task.train, task.test):
                 for i in range(len(split)):
+                    # A dataset may offer its text without loading the image (``text(i)``).
                     sample = split.text(i) if hasattr(split, "text") else split[i]
                     yield sample["question"]
                     yield sample["answer"]
