@@ -19,22 +19,10 @@ import statistics
 import time
 
 import torch
-import yaml
-from jsonargparse import ArgumentParser
+from common import load
 
 from contmm.data import InstructionCollator
-from contmm.model import MMLLM, ModelConfig
-from contmm.stream import TaskStream
-
-
-def load(config_path: str) -> tuple[ModelConfig, TaskStream]:
-    """The model config and the stream of an experiment config."""
-    raw = yaml.safe_load(open(config_path))
-    parser = ArgumentParser()
-    parser.add_class_arguments(ModelConfig, "model")
-    parser.add_subclass_arguments(TaskStream, "stream")
-    init = parser.instantiate(parser.parse_object({"model": raw["model"], "stream": raw["stream"]}))
-    return init.model, init.stream
+from contmm.model import MMLLM
 
 
 def predict(model: MMLLM, batches: list[dict], max_new_tokens: int) -> tuple[list[str], float]:
@@ -62,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model_cfg, stream = load(args.config)
+    model_cfg, stream, _ = load(args.config)
     torch.manual_seed(args.seed)
     model = MMLLM.build(model_cfg, stream.texts()).eval()
     per_task = -(-args.samples // len(stream.tasks))

@@ -23,26 +23,13 @@ import warnings
 
 import lightning as L
 import torch
-import yaml
-from jsonargparse import ArgumentParser
+from common import load
 from torch.utils.data import DataLoader
-from transformers import get_cosine_schedule_with_warmup
 
 from contmm.data import InstructionCollator
-from contmm.model import MMLLM, ModelConfig
-from contmm.module import ContinualModule, EvalConfig, OptimizerConfig
+from contmm.model import MMLLM
+from contmm.module import ContinualModule, EvalConfig, OptimizerConfig, build_optimizer
 from contmm.strategy import Strategies
-from contmm.stream import TaskStream
-
-
-def load(config_path: str) -> tuple[ModelConfig, TaskStream, int]:
-    """The model config, the stream and the training batch size of an experiment config."""
-    raw = yaml.safe_load(open(config_path))
-    parser = ArgumentParser()
-    parser.add_class_arguments(ModelConfig, "model")
-    parser.add_subclass_arguments(TaskStream, "stream")
-    init = parser.instantiate(parser.parse_object({"model": raw["model"], "stream": raw["stream"]}))
-    return init.model, init.stream, raw["data"]["batch_size"]
 
 
 class StepTimer(L.Callback):
@@ -73,17 +60,8 @@ def train_lightning(model: MMLLM, batches: list[dict], warmup: int) -> float:
 
 
 def train_plain(model: MMLLM, batches: list[dict], warmup: int) -> float:
-    """The same optimisation as ContinualModule.configure_optimizers, written by hand."""
-    cfg = OptimizerConfig()
-    projector = {id(p) for p in model.input_projector.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in trainable if id(p) not in projector], "lr": cfg.lr},
-        {"params": [p for p in trainable if id(p) in projector], "lr": cfg.projector_lr or cfg.lr},
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
-    total = len(batches)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    """The same optimisation (the module's own optimizer and schedule), a hand-written loop."""
+    optimizer, scheduler = build_optimizer(model, OptimizerConfig(), len(batches))
     model.train()
     for step, batch in enumerate(batches):
         if step == warmup:
@@ -104,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="experiments/seq_vqa.yaml")
     parser.add_argument("--steps", type=int, default=50, help="training steps per run")
+    parser.add_argument("--batch-size", type=int, default=None, help="samples per step (default: the config's)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of each run")
     parser.add_argument("--rounds", type=int, default=15, help="alternating Lightning / plain rounds")
     parser.add_argument("--threads", type=int, default=1,
@@ -114,7 +93,8 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
-    model_cfg, stream, batch_size = load(args.config)
+    model_cfg, stream, raw = load(args.config)
+    batch_size = args.batch_size or raw["data"]["batch_size"]
     torch.manual_seed(args.seed)
     template = MMLLM.build(model_cfg, stream.texts())
     template.set_trainable(template.configured_trainable())

@@ -42,7 +42,7 @@ def test_fit_runs_a_stream_and_writes_the_run_directory(tmp_path, capsys):
                 sum(r["score"] for r in records) / 9
             )
     for stage in ("pretrain", "stage_1", "stage_2"):  # the stages that train log their loss
-        assert "train/lm_loss" in (out / "logs/csv" / stage / "metrics.csv").read_text()
+        assert "train/loss" in (out / "logs/csv" / stage / "metrics.csv").read_text()
     assert list((out / "logs/tensorboard/stage_1").glob("events.out.tfevents.*"))
     assert (out / "tokenizer/tokenizer.json").exists()
     assert "seed: 1" in (out / "config.yaml").read_text()
