@@ -44,8 +44,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100, help="prompts per batched generate call")
     parser.add_argument("--max-new-tokens", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=5, help="alternating batched / per-sample rounds")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (more than the free cores makes OpenMP spin and stall)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (more than the free cores makes OpenMP spin and stall)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,13 +61,17 @@ def main() -> None:
     samples = [task.test[i] for i in range(per_task) for task in stream.tasks][: args.samples]
     collate = InstructionCollator(model, train=False)
     sides = {
-        "batched": [collate(samples[i : i + args.batch_size]) for i in range(0, len(samples), args.batch_size)],
+        "batched": [
+            collate(samples[i : i + args.batch_size]) for i in range(0, len(samples), args.batch_size)
+        ],
         "per-sample": [collate([sample]) for sample in samples],
     }
     widths = [batch["attention_mask"].sum(1) for batch in sides["batched"]]
-    print(f"{len(samples)} samples, batches of {args.batch_size}, prompt lengths "
-          f"{min(int(w.min()) for w in widths)}-{max(int(w.max()) for w in widths)} tokens, "
-          f"max_new_tokens {args.max_new_tokens}, {args.rounds} rounds, {torch.get_num_threads()} threads")
+    print(
+        f"{len(samples)} samples, batches of {args.batch_size}, prompt lengths "
+        f"{min(int(w.min()) for w in widths)}-{max(int(w.max()) for w in widths)} tokens, "
+        f"max_new_tokens {args.max_new_tokens}, {args.rounds} rounds, {torch.get_num_threads()} threads"
+    )
 
     ratios, rates, predictions = [], {name: [] for name in sides}, {}
     for r in range(args.rounds):
@@ -74,12 +82,16 @@ def main() -> None:
             rate[name] = len(samples) / seconds
             rates[name].append(rate[name])
         ratios.append(rate["batched"] / rate["per-sample"])
-        print(f"round {r}: batched {rate['batched']:.0f} samples/s, per-sample {rate['per-sample']:.0f} samples/s, "
-              f"ratio {ratios[-1]:.1f}x")
+        print(
+            f"round {r}: batched {rate['batched']:.0f} samples/s, per-sample {rate['per-sample']:.0f} samples/s, "
+            f"ratio {ratios[-1]:.1f}x"
+        )
 
     batched, single = statistics.median(rates["batched"]), statistics.median(rates["per-sample"])
-    print(f"eval throughput: batched {batched:.0f} samples/s, per-sample {single:.0f} samples/s, "
-          f"ratio {statistics.median(ratios):.1f}x (target >= 5x)")
+    print(
+        f"eval throughput: batched {batched:.0f} samples/s, per-sample {single:.0f} samples/s, "
+        f"ratio {statistics.median(ratios):.1f}x (target >= 5x)"
+    )
     mismatches = [
         (sample["id"], b, s)
         for sample, b, s in zip(samples, predictions["batched"], predictions["per-sample"])

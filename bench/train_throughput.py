@@ -82,11 +82,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="experiments/seq_vqa.yaml")
     parser.add_argument("--steps", type=int, default=50, help="training steps per run")
-    parser.add_argument("--batch-size", type=int, default=None, help="samples per step (default: the config's)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="samples per step (default: the config's)"
+    )
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of each run")
     parser.add_argument("--rounds", type=int, default=15, help="alternating Lightning / plain rounds")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (more than the free cores makes OpenMP spin and stall)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (more than the free cores makes OpenMP spin and stall)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -105,8 +111,10 @@ def main() -> None:
         for step in range(args.steps)
     ]
     timed_samples = (args.steps - args.warmup) * batch_size
-    print(f"{args.steps} steps of {batch_size} samples, {args.warmup} untimed, {args.rounds} rounds, "
-          f"{sum(p.numel() for p in template.parameters())} parameters, {torch.get_num_threads()} threads")
+    print(
+        f"{args.steps} steps of {batch_size} samples, {args.warmup} untimed, {args.rounds} rounds, "
+        f"{sum(p.numel() for p in template.parameters())} parameters, {torch.get_num_threads()} threads"
+    )
 
     runners = {"lightning": train_lightning, "plain": train_plain}
     ratios, rates = [], {name: [] for name in runners}
@@ -118,12 +126,16 @@ def main() -> None:
             rate[name] = timed_samples / runners[name](trained[name], batches, args.warmup)
             rates[name].append(rate[name])
         ratios.append(rate["lightning"] / rate["plain"])
-        print(f"round {r}: lightning {rate['lightning']:.0f} samples/s, plain {rate['plain']:.0f} samples/s, "
-              f"ratio {ratios[-1]:.3f}, max |param diff| {max_param_diff(trained['lightning'], trained['plain']):.2e}")
+        print(
+            f"round {r}: lightning {rate['lightning']:.0f} samples/s, plain {rate['plain']:.0f} samples/s, "
+            f"ratio {ratios[-1]:.3f}, max |param diff| {max_param_diff(trained['lightning'], trained['plain']):.2e}"
+        )
 
     lightning, plain = statistics.median(rates["lightning"]), statistics.median(rates["plain"])
-    print(f"train throughput: lightning {lightning:.0f} samples/s, plain loop {plain:.0f} samples/s, "
-          f"ratio {statistics.median(ratios):.3f} (target >= 0.95)")
+    print(
+        f"train throughput: lightning {lightning:.0f} samples/s, plain loop {plain:.0f} samples/s, "
+        f"ratio {statistics.median(ratios):.3f} (target >= 0.95)"
+    )
 
 
 if __name__ == "__main__":

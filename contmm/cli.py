@@ -29,25 +29,32 @@ def fit_parser() -> ArgumentParser:
         exit_on_error=False,
         allow_abbrev=False,
         description="Tune a multimodal LLM on a stream of tasks, one stage per task, and score "
-        "every task after every stage."
+        "every task after every stage.",
     )
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML config; may be given several times")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and shuffling")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of initialisation and shuffling (the stream takes its own)"
+    )
     parser.add_argument("--output_dir", type=str, default="runs/seq_vqa", help="the run directory")
     parser.add_class_arguments(ModelConfig, "model", help="the multimodal LLM")
     parser.add_subclass_arguments(TaskStream, "stream", required=True, help="the task stream")
     parser.add_argument(
-        "--strategies", type=list[Strategy], default=[],
+        "--strategies",
+        type=list[Strategy],
+        default=[],
         help="continual strategies, run in order (class_path / init_args entries)",
-    )  # fmt: skip
+    )
     parser.add_class_arguments(PretrainConfig, "pretrain", help="MM pre-training before the stream")
     parser.add_class_arguments(OptimizerConfig, "optimizer", help="optimizer of every stage")
     parser.add_class_arguments(DataConfig, "data", help="training data loading")
     parser.add_class_arguments(EvalConfig, "eval", help="evaluation after every stage")
     parser.add_class_arguments(
-        L.Trainer, "trainer", instantiate=False, skip=RUNNER_OWNED_TRAINER_ARGS,
+        L.Trainer,
+        "trainer",
+        instantiate=False,
+        skip=RUNNER_OWNED_TRAINER_ARGS,
         help="Lightning Trainer arguments of every stage",
-    )  # fmt: skip
+    )
     return parser
 
 

@@ -60,7 +60,9 @@ class InstructionCollator:
         return ids + [self.tokenizer.eos_token_id]
 
     def __call__(self, samples: list[dict]) -> dict:
-        images = [s["image"] if isinstance(s["image"], Image.Image) else Image.open(s["image"]) for s in samples]
+        images = [
+            s["image"] if isinstance(s["image"], Image.Image) else Image.open(s["image"]) for s in samples
+        ]
         batch = {"pixel_values": self.preprocess([image.convert("RGB") for image in images])}
         prompts = [self._prompt_ids(s) for s in samples]
         if self.train:

@@ -105,7 +105,9 @@ class ContinualModule(L.LightningModule):
             self.strategies.after_task(self.model, self.task_id, self.trainer.train_dataloader)
 
     def configure_optimizers(self):
-        optimizer, scheduler = build_optimizer(self.model, self.optimizer_cfg, self.trainer.estimated_stepping_batches)
+        optimizer, scheduler = build_optimizer(
+            self.model, self.optimizer_cfg, self.trainer.estimated_stepping_batches
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- evaluation -----------------------------------------------------------------------
@@ -118,9 +120,11 @@ class ContinualModule(L.LightningModule):
         task_id, task = self.trainer.datamodule.eval_tasks[dataloader_idx]
         with self.strategies.eval_context(self.model, task_id):
             new_tokens = self.model.generate(
-                batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["pixel_values"],
                 max_new_tokens=self.evaluation.max_new_tokens,
-            )  # fmt: skip
+            )
         predictions = self.model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         scorer = get_scorer(task.scorer)
         scores = [scorer(p, a) for p, a in zip(predictions, batch["answers"])]
@@ -129,9 +133,14 @@ class ContinualModule(L.LightningModule):
             batch["ids"], batch["questions"], batch["answers"], predictions, scores
         ):
             self._predictions[task_id].append(
-                {"id": sample_id, "question": question, "answer": answer,
-                 "prediction": prediction.strip(), "score": score}
-            )  # fmt: skip
+                {
+                    "id": sample_id,
+                    "question": question,
+                    "answer": answer,
+                    "prediction": prediction.strip(),
+                    "score": score,
+                }
+            )
 
     def on_test_epoch_end(self) -> None:
         means, counts = self.scores.compute()  # reduced over ranks by torchmetrics

@@ -29,7 +29,7 @@ class PretrainConfig:
     Args:
         max_epochs: epochs of pre-training; 0 skips it.
         trainable: the components trained during pre-training (LLaVA: the projector only).
-        lr: learning rate of pre-training (defaults to ``optimizer.lr``).
+        lr: one learning rate for all of pre-training (default: the ``optimizer`` rates).
     """
 
     max_epochs: int = 0
@@ -79,9 +79,13 @@ class ContinualRun:
 
     def stage_data(self, train=None) -> StageData:
         return StageData(
-            self.model, self.data, self.module.evaluation.batch_size, self.seed,
-            train=train, eval_tasks=list(enumerate(self.stream.tasks)),
-        )  # fmt: skip
+            self.model,
+            self.data,
+            self.module.evaluation.batch_size,
+            self.seed,
+            train=train,
+            eval_tasks=list(enumerate(self.stream.tasks)),
+        )
 
     def fit(self) -> dict:
         self.run.write_text("config.yaml", self.config["yaml"])

@@ -19,8 +19,8 @@ Where each hook runs:
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any, ContextManager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -48,7 +48,7 @@ class Strategy:
     def after_task(self, model: MMLLM, task_id: int, dataloader: DataLoader) -> None:
         pass
 
-    def eval_context(self, model: MMLLM, task_id: int) -> ContextManager:
+    def eval_context(self, model: MMLLM, task_id: int) -> AbstractContextManager:
         return nullcontext()
 
     def state_dict(self) -> dict:

@@ -13,6 +13,7 @@ images are rendered when a sample is read.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
@@ -150,7 +151,7 @@ class SyntheticShapes(TaskStream):
 
     def __init__(
         self,
-        tasks: list[str] = list(TASKS),
+        tasks: Sequence[str] = TASKS,
         train_size: int = 1000,
         test_size: int = 100,
         pretrain_size: int = 1000,

@@ -4,33 +4,55 @@ from __future__ import annotations
 
 import pytest
 
-from contmm.model import BackboneConfig, EncoderConfig, MMLLM, ModelConfig, ProjectorConfig
+from contmm.model import MMLLM, BackboneConfig, EncoderConfig, ModelConfig, ProjectorConfig
 from streams.synthetic import SyntheticShapes
 
 TINY_ENCODER = {
-    "model_type": "clip_vision_model", "hidden_size": 16, "intermediate_size": 32,
-    "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 16,
-}  # fmt: skip
+    "model_type": "clip_vision_model",
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 16,
+}
 TINY_LLM = {
-    "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64,
-}  # fmt: skip
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 64,
+}
 
 # Command-line overrides that shrink the default experiment to a few seconds.
 TINY_RUN = [
-    "--config", "experiments/seq_vqa.yaml",
-    "--stream.init_args.tasks", "[colour, shape]",
-    "--stream.init_args.train_size", "32",
-    "--stream.init_args.test_size", "9",
-    "--stream.init_args.pretrain_size", "16",
-    "--pretrain.max_epochs", "1",
-    "--trainer.max_epochs", "1",
-    "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
-    "--trainer.log_every_n_steps", "1",
-    "--data.batch_size", "8",
-    "--eval.batch_size", "4",
-]  # fmt: skip
+    "--config",
+    "experiments/seq_vqa.yaml",
+    "--stream.init_args.tasks",
+    "[colour, shape]",
+    "--stream.init_args.train_size",
+    "32",
+    "--stream.init_args.test_size",
+    "9",
+    "--stream.init_args.pretrain_size",
+    "16",
+    "--pretrain.max_epochs",
+    "1",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--trainer.log_every_n_steps",
+    "1",
+    "--data.batch_size",
+    "8",
+    "--eval.batch_size",
+    "4",
+]
 
 
 def tiny_config(kind: str = "mlp") -> ModelConfig:

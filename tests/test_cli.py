@@ -103,10 +103,19 @@ def test_two_process_ddp_scores_every_test_sample_exactly_once(tmp_path):
     """DDP on CPU (gloo): both ranks run the loop, rank 0 writes, shards do not overlap."""
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "contmm.cli", "fit", *TINY_RUN, "--output_dir", str(out),
-        "--trainer.devices", "2", "--trainer.strategy", "ddp",
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+        sys.executable,
+        "-m",
+        "contmm.cli",
+        "fit",
+        *TINY_RUN,
+        "--output_dir",
+        str(out),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+    ]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
@@ -114,7 +123,9 @@ def test_two_process_ddp_scores_every_test_sample_exactly_once(tmp_path):
     assert results["stages_completed"] == 2
     for stage in range(3):
         for task in ("colour", "shape"):
-            ids = [json.loads(line)["id"] for line in (out / f"predictions/stage_{stage}/{task}.jsonl").open()]
+            ids = [
+                json.loads(line)["id"] for line in (out / f"predictions/stage_{stage}/{task}.jsonl").open()
+            ]
             # 9 test samples over 2 ranks: no rank pads its shard with a duplicate.
             assert sorted(ids) == sorted(f"{task}-test-{i}" for i in range(9))
     leftovers = [p for p in out.rglob("*.tmp")]

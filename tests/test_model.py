@@ -27,7 +27,9 @@ def test_loss_is_computed_on_the_answer_tokens_only(model, stream):
     tok = model.tokenizer
     for row, sample in enumerate(samples):
         labelled = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX].tolist()
-        assert labelled == tok(" " + sample["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        assert labelled == tok(" " + sample["answer"], add_special_tokens=False)["input_ids"] + [
+            tok.eos_token_id
+        ]
         # The labelled positions are exactly the end of the real (unpadded) sequence.
         length = int(batch["attention_mask"][row].sum())
         assert (batch["labels"][row][length - len(labelled) : length] != IGNORE_INDEX).all()
@@ -55,7 +57,10 @@ def test_batched_left_padded_generation_matches_one_sample_at_a_time(model, stre
     singles = []
     for sample in samples:
         one = collate([sample])
-        singles += decode(model.generate(one["input_ids"], one["attention_mask"], one["pixel_values"], 5), skip_special_tokens=True)
+        singles += decode(
+            model.generate(one["input_ids"], one["attention_mask"], one["pixel_values"], 5),
+            skip_special_tokens=True,
+        )
     assert decode(batched, skip_special_tokens=True) == singles
 
 
@@ -71,7 +76,9 @@ def test_pretrained_components_round_trip_through_a_local_directory(model, strea
     cfg = dataclasses.replace(
         cfg,
         encoder=EncoderConfig(pretrained=str(tmp_path / "encoder"), feature_layer=-1),
-        input_projector=dataclasses.replace(cfg.input_projector, pretrained=str(tmp_path / "projector.safetensors")),
+        input_projector=dataclasses.replace(
+            cfg.input_projector, pretrained=str(tmp_path / "projector.safetensors")
+        ),
         backbone=BackboneConfig(pretrained=str(tmp_path / "backbone")),
     )
     loaded = MMLLM.build(cfg, texts=[]).eval()

@@ -15,13 +15,15 @@ def test_the_same_seed_gives_the_same_samples_and_images():
     for task in range(4):
         for i in range(20):
             x, y = _sample(a, task, i), _sample(b, task, i)
-            assert {k: x[k] for k in ("id", "question", "answer")} == {k: y[k] for k in ("id", "question", "answer")}
+            assert {k: x[k] for k in ("id", "question", "answer")} == {
+                k: y[k] for k in ("id", "question", "answer")
+            }
             assert ImageChops.difference(x["image"], y["image"]).getbbox() is None
 
 
 def test_another_seed_gives_other_samples():
     a, b = SyntheticShapes(train_size=50, seed=0), SyntheticShapes(train_size=50, seed=1)
-    answers = lambda s: [_sample(s, 0, i)["answer"] for i in range(50)]  # noqa: E731
+    answers = lambda s: [_sample(s, 0, i)["answer"] for i in range(50)]
     assert answers(a) != answers(b)
 
 
@@ -43,9 +45,14 @@ def test_count_answers_match_the_objects_drawn():
         half = image.size[0] // 2
         background = image.getpixel((0, 0))
         occupied = sum(
-            any(image.getpixel((x, y)) != background for x in range(qx, qx + half) for y in range(qy, qy + half))
-            for qx in (0, half) for qy in (0, half)
-        )  # fmt: skip
+            any(
+                image.getpixel((x, y)) != background
+                for x in range(qx, qx + half)
+                for y in range(qy, qy + half)
+            )
+            for qx in (0, half)
+            for qy in (0, half)
+        )
         assert ["one", "two", "three", "four"][occupied - 1] == task.train[i]["answer"]
 
 
