@@ -14,12 +14,11 @@ Run: ``python bench/eval_throughput.py [--samples 200 --batch-size 100 --rounds 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
-from common import load
+from common import bench_parser, load
 
 from contmm.data import InstructionCollator
 from contmm.model import MMLLM
@@ -38,19 +37,11 @@ def predict(model: MMLLM, batches: list[dict], max_new_tokens: int) -> tuple[lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="experiments/seq_vqa.yaml")
+    parser = bench_parser(__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=200, help="test samples, taken in turn from each task")
     parser.add_argument("--batch-size", type=int, default=100, help="prompts per batched generate call")
     parser.add_argument("--max-new-tokens", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=5, help="alternating batched / per-sample rounds")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (more than the free cores makes OpenMP spin and stall)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

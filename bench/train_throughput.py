@@ -14,7 +14,6 @@ Run: ``python bench/train_throughput.py [--steps 50 --warmup 10 --rounds 15]``
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import statistics
@@ -23,7 +22,7 @@ import warnings
 
 import lightning as L
 import torch
-from common import load
+from common import bench_parser, load
 from torch.utils.data import DataLoader
 
 from contmm.data import InstructionCollator
@@ -79,21 +78,13 @@ def max_param_diff(a: MMLLM, b: MMLLM) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="experiments/seq_vqa.yaml")
+    parser = bench_parser(__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=50, help="training steps per run")
     parser.add_argument(
         "--batch-size", type=int, default=None, help="samples per step (default: the config's)"
     )
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of each run")
     parser.add_argument("--rounds", type=int, default=15, help="alternating Lightning / plain rounds")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (more than the free cores makes OpenMP spin and stall)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
