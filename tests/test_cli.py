@@ -1,6 +1,7 @@
 """`contmm fit`: a whole stream end to end, the run directory, and clear errors."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,30 @@ def test_two_process_ddp_scores_every_test_sample_exactly_once(tmp_path):
             assert sorted(ids) == sorted(f"{task}-test-{i}" for i in range(9))
     leftovers = [p for p in out.rglob("*.tmp")]
     assert not leftovers
+
+
+def test_replay_and_ewc_hold_the_same_state_on_both_ddp_ranks(tmp_path):
+    """Replay memory and the all-reduced Fisher are identical on rank 0 and rank 1."""
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    strategies = (
+        "[{class_path: tests.probes.ReplayProbe, init_args: {memory_size: 10}},"
+        " {class_path: tests.probes.EWCProbe, init_args: {fisher_batches: 2}}]"
+    )
+    command = [
+        sys.executable, "-m", "contmm.cli", "fit", *TINY_RUN, "--output_dir", str(tmp_path / "run"),
+        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--strategies", strategies,
+    ]  # fmt: skip
+    env = {**os.environ, "CONTMM_PROBE_DIR": str(probes)}
+    done = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for kind in ("replay", "ewc"):
+        for task_id in (0, 1):
+            rank0, rank1 = (
+                json.loads((probes / f"{kind}_task{task_id}_rank{r}.json").read_text()) for r in (0, 1)
+            )
+            assert rank0 == rank1 and rank0, (kind, task_id)
+    memory = json.loads((probes / "replay_task1_rank0.json").read_text())
+    assert sorted({sample_id.split("-")[0] for sample_id in memory}) == ["colour", "shape"]

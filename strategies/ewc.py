@@ -1,0 +1,104 @@
+"""Elastic Weight Consolidation (Kirkpatrick et al. 2017), over the trainable parameters only.
+
+After each task the diagonal empirical Fisher of the *trainable* parameters is estimated
+from squared gradients of the LM loss on ``fisher_batches`` training batches, averaged over
+DDP ranks; later stages pay (λ/2)·Σ F·(θ − θ*)². Memory is O(trainable parameters): a
+frozen LLM backbone is never copied. Parameters that did not exist when a Fisher was
+computed (a new adapter or projector) are not penalised by it.
+
+Modes: ``separate`` keeps one (Fisher, anchor) pair per past task; ``online`` (Schwarz et
+al. 2018) keeps one running Fisher, decayed by ``decay`` each task, anchored at the latest
+weights.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from lightning.fabric.utilities.apply_func import move_data_to_device
+
+from contmm.strategy import Strategy
+
+
+class EWC(Strategy):
+    """Args:
+    ewc_lambda: weight λ of the penalty.
+    mode: ``separate`` or ``online``.
+    decay: online mode: factor applied to the running Fisher before adding a task's.
+    fisher_batches: training batches (per rank) the Fisher is estimated from.
+    """
+
+    def __init__(
+        self,
+        ewc_lambda: float = 1000.0,
+        mode: Literal["separate", "online"] = "separate",
+        decay: float = 1.0,
+        fisher_batches: int = 50,
+    ) -> None:
+        self.ewc_lambda, self.mode, self.decay, self.fisher_batches = ewc_lambda, mode, decay, fisher_batches
+        # One (Fisher, anchor) pair per past task (separate) or a single running one (online).
+        self.importances: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        self._terms: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] | None = None
+
+    def before_task(self, model, task_id) -> None:
+        self._terms = None  # trainability and parameters may have changed: re-pair lazily
+
+    def penalty(self, model, batch, outputs) -> torch.Tensor | None:
+        if not self.importances:
+            return None
+        if self._terms is None:
+            params = dict(model.named_parameters())
+            self._terms = [
+                (params[name], fisher[name], anchor[name])
+                for fisher, anchor in self.importances
+                for name in fisher
+                if name in params and params[name].requires_grad
+            ]
+        if not self._terms:
+            return None
+        total = sum((f * (p - a).pow(2)).sum() for p, f, a in self._terms)
+        return 0.5 * self.ewc_lambda * total
+
+    def after_task(self, model, task_id, dataloader) -> None:
+        fisher = self.fisher(model, dataloader)
+        anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in fisher}
+        if self.mode == "online" and self.importances:
+            ((running, _),) = self.importances
+            for name, value in fisher.items():
+                fisher[name] = value + self.decay * running[name] if name in running else value
+            self.importances = []
+        self.importances.append((fisher, anchor))
+
+    def fisher(self, model, dataloader) -> dict[str, torch.Tensor]:
+        """Diagonal empirical Fisher of the trainable parameters, averaged over ranks."""
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+        device = next(iter(params.values())).device
+        batches = 0
+        with torch.enable_grad():
+            for batch in dataloader:
+                if batches == self.fisher_batches:
+                    break
+                model.zero_grad(set_to_none=True)
+                model(**move_data_to_device(batch, device)).loss.backward()
+                for name, p in params.items():
+                    if p.grad is not None:
+                        fisher[name] += p.grad.detach().pow(2)
+                batches += 1
+        model.zero_grad(set_to_none=True)
+        distributed = dist.is_available() and dist.is_initialized()
+        count = torch.tensor(float(batches), device=device)
+        if distributed:
+            for value in fisher.values():
+                dist.all_reduce(value)
+            dist.all_reduce(count)
+        return {n: v / count for n, v in fisher.items()}
+
+    def state_dict(self) -> dict:
+        return {"importances": self.importances}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.importances = state["importances"]
+        self._terms = None

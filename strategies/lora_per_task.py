@@ -1,0 +1,115 @@
+"""LoRA per task: one fresh peft LoRA adapter on the LLM backbone for each task.
+
+Each task trains its own adapter on a frozen base LLM; earlier adapters stay frozen, so a
+task evaluated with its own adapter keeps its score exactly (task-incremental: the task
+id picks the adapter). Only ``model.backbone.lm`` is wrapped (a ``PeftModelForCausalLM``),
+so peft's habit of freezing everything outside its adapters stays inside the backbone,
+which the config must freeze anyway: the components the config trains (the input
+projector, say) stay trainable, and they are shared by all tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+from contmm.strategy import Strategy
+
+LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRAPerTask(Strategy):
+    """Args:
+    r: rank of every adapter.
+    alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
+    dropout: dropout on the adapters' input during training.
+    target_modules: the backbone's linears that get adapters: names matched as suffixes,
+        or one regex matched against the full module name (peft's rules).
+    """
+
+    def __init__(
+        self,
+        r: int = 8,
+        alpha: float = 16.0,
+        dropout: float = 0.0,
+        target_modules: Sequence[str] | str = LLM_PROJECTIONS,
+    ) -> None:
+        targets = target_modules if isinstance(target_modules, str) else list(target_modules)
+        # Standard LoRA init (B = 0): each task starts from the base LLM itself, not from the
+        # previous task's adapter, so no task's training is shaped by another's.
+        self.config = LoraConfig(
+            r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM"
+        )
+        self.model = None  # set in setup: state_dict / load_state_dict get no model
+
+    def setup(self, model, stream) -> None:
+        self.model = model
+
+    def before_task(self, model, task_id) -> None:
+        if not model.cfg.backbone.freeze:
+            raise ValueError(
+                "LoRAPerTask needs `model.backbone.freeze: true`: a base LLM tuned on every task "
+                "would change under the earlier tasks' adapters"
+            )
+        self._add(model, f"task_{task_id}")
+
+    def _add(self, model, name: str) -> None:
+        """Add adapter ``name``, make it the active one and the only trainable weights in the LM."""
+        lm = model.backbone.lm
+        if isinstance(lm, PeftModel):
+            lm.add_adapter(name, self.config)
+        else:
+            model.backbone.lm = lm = get_peft_model(lm, self.config, adapter_name=name)
+        lm.set_adapter(name)  # requires_grad: True on this adapter, False on the other adapters
+
+    @staticmethod
+    def adapter_for(model, task_id: int) -> str | None:
+        """The adapter task ``task_id`` is evaluated with: its own; for a task not tuned yet the
+        most recent one (so R[i][j], j > i, and forward transfer measure the model as tuned so
+        far, as for the other strategies); None, the plain base LLM, before any task."""
+        lm = model.backbone.lm
+        if not isinstance(lm, PeftModel):
+            return None
+        own = f"task_{task_id}"
+        return own if own in lm.peft_config else list(lm.peft_config)[-1]
+
+    @contextmanager
+    def eval_context(self, model, task_id):
+        """Evaluate under task ``task_id``'s adapter; restore the active adapter and requires_grad."""
+        name = self.adapter_for(model, task_id)
+        if name is None:
+            yield
+            return
+        lm = model.backbone.lm
+        previous, flags = lm.active_adapter, [(p, p.requires_grad) for p in lm.parameters()]
+        lm.set_adapter(name)
+        try:
+            yield
+        finally:
+            lm.set_adapter(previous)
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+    def save_adapters(self, directory) -> None:
+        """Every adapter in peft's format, ``directory/task_<i>/``: load one with
+        ``PeftModel.from_pretrained(base_lm, directory / "task_<i>")``."""
+        lm = self.model.backbone.lm
+        lm.save_pretrained(str(directory), selected_adapters=list(lm.peft_config))
+
+    def state_dict(self) -> dict:
+        lm = self.model.backbone.lm if self.model is not None else None
+        if not isinstance(lm, PeftModel):
+            return {"adapters": {}}
+        return {"adapters": {name: get_peft_model_state_dict(lm, adapter_name=name) for name in lm.peft_config}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Rebuild the saved adapters, in task order, on the model given to ``setup``."""
+        if state["adapters"] and self.model is None:
+            raise RuntimeError("LoRAPerTask.load_state_dict needs the model: call setup(model, stream) first")
+        for name, weights in state["adapters"].items():
+            self._add(self.model, name)
+            result = set_peft_model_state_dict(self.model.backbone.lm, weights, adapter_name=name)
+            if result.unexpected_keys:
+                raise ValueError(f"adapter {name}: unexpected weights {result.unexpected_keys[:3]}")

@@ -1,0 +1,68 @@
+"""EWC: a Fisher over the trainable parameters only, the penalty, separate and online modes."""
+
+import pytest
+import torch
+
+from contmm.data import InstructionCollator
+from strategies.ewc import EWC
+
+
+@pytest.fixture
+def batches(model, stream):
+    collate = InstructionCollator(model, train=True)
+    return [collate([stream.tasks[0].train[i + 4 * b] for i in range(4)]) for b in range(3)]
+
+
+def test_the_fisher_covers_only_trainable_parameters_and_averages_squared_gradients(model, batches):
+    model.set_trainable(["input_projector"])
+    ewc = EWC(fisher_batches=2)
+    fisher = ewc.fisher(model, batches)
+    assert set(fisher) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(name.startswith("input_projector.") for name in fisher)
+
+    name, param = next(iter(model.input_projector.named_parameters()))
+    expected = torch.zeros_like(param)
+    for batch in batches[:2]:
+        grad = torch.autograd.grad(model(**batch).loss, param)[0]
+        expected += grad.pow(2) / 2
+    assert torch.allclose(fisher[f"input_projector.{name}"], expected, atol=1e-10)
+
+
+def test_the_penalty_is_zero_at_the_anchor_and_grows_as_weights_move(model, batches):
+    model.set_trainable(["input_projector"])
+    ewc = EWC(ewc_lambda=10.0, fisher_batches=3)
+    assert ewc.penalty(model, None, None) is None  # nothing learnt yet
+    ewc.after_task(model, 0, batches)
+    assert float(ewc.penalty(model, None, None)) == 0.0
+
+    ((fisher, anchor),) = ewc.importances
+    weight = model.input_projector[0].weight
+    with torch.no_grad():
+        weight.add_(0.1)
+    name = "input_projector.0.weight"
+    own_term = 0.5 * 10.0 * (fisher[name] * (weight - anchor[name]).pow(2)).sum()
+    assert float(ewc.penalty(model, None, None)) == pytest.approx(float(own_term), rel=1e-6)
+    assert float(own_term) > 0
+
+
+def test_parameters_frozen_now_or_absent_then_are_not_penalised(model, batches):
+    model.set_trainable(["input_projector"])
+    ewc = EWC(fisher_batches=1)
+    ewc.after_task(model, 0, batches)
+    with torch.no_grad():
+        model.input_projector[0].weight.add_(1.0)
+    model.set_trainable(["backbone"])  # the projector is frozen in the next stage
+    ewc.before_task(model, 1)
+    assert ewc.penalty(model, None, None) is None
+
+
+def test_separate_mode_keeps_one_fisher_per_task_online_mode_one_running_fisher(model, batches):
+    model.set_trainable(["input_projector"])
+    separate, online = EWC(fisher_batches=1), EWC(mode="online", decay=0.5, fisher_batches=1)
+    for task_id in range(2):
+        separate.after_task(model, task_id, batches)
+        online.after_task(model, task_id, batches)
+    assert len(separate.importances) == 2 and len(online.importances) == 1
+    name = "input_projector.0.weight"
+    first, second = separate.importances[0][0][name], separate.importances[1][0][name]
+    assert torch.allclose(online.importances[0][0][name], second + 0.5 * first)

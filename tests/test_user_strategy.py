@@ -1,0 +1,48 @@
+"""The README's own-strategy example, run as written from a module outside the repository."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import TINY_RUN
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _readme_blocks(language: str) -> list[str]:
+    section = (REPO / "README.md").read_text().split("### Your own strategy", 1)[1]
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_the_readme_strategy_runs_from_the_users_own_module_by_class_path(tmp_path):
+    modules = tmp_path / "my_lab"
+    modules.mkdir()
+    (modules / "my_strategies.py").write_text(_readme_blocks("python")[0])
+    config = tmp_path / "my_l2.yaml"
+    config.write_text(_readme_blocks("yaml")[0])
+
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "contmm.cli", "fit", *TINY_RUN, "--config", str(config),
+        "--output_dir", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(modules)}
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    assert json.loads((out / "results.json").read_text())["strategies"] == "L2ToPrevious"
+
+    def penalties(stage: str) -> list[float]:
+        rows = csv.DictReader((out / "logs/csv" / stage / "metrics.csv").open())
+        return [float(r["train/penalty"]) for r in rows if r.get("train/penalty")]
+
+    # No previous weights while tuning the first task; a pull on the second one.
+    assert penalties("stage_1") == []
+    assert penalties("stage_2") and all(value >= 0 for value in penalties("stage_2"))
+    assert any(value > 0 for value in penalties("stage_2"))
