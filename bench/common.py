@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+import torch
 import yaml
 from jsonargparse import ArgumentParser
 
-from contmm.model import ModelConfig
+from contmm.data import InstructionCollator
+from contmm.model import MMLLM, ModelConfig
 from contmm.stream import TaskStream
 
 
@@ -34,3 +36,19 @@ def bench_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def training_batches(args: argparse.Namespace) -> tuple[MMLLM, list[dict], int]:
+    """The seeded model (config's trainability) and ``args.steps`` collated first-task batches."""
+    model_cfg, stream, raw = load(args.config)
+    batch_size = args.batch_size or raw["data"]["batch_size"]
+    torch.manual_seed(args.seed)
+    model = MMLLM.build(model_cfg, stream.texts())
+    model.set_trainable(model.configured_trainable())
+    dataset = stream.tasks[0].train
+    collate = InstructionCollator(model, train=True)
+    batches = [
+        collate([dataset[(step * batch_size + i) % len(dataset)] for i in range(batch_size)])
+        for step in range(args.steps)
+    ]
+    return model, batches, batch_size

@@ -22,10 +22,9 @@ import warnings
 
 import lightning as L
 import torch
-from common import bench_parser, load
+from common import bench_parser, training_batches
 from torch.utils.data import DataLoader
 
-from contmm.data import InstructionCollator
 from contmm.model import MMLLM
 from contmm.module import ContinualModule, EvalConfig, OptimizerConfig, build_optimizer
 from contmm.strategy import Strategies
@@ -45,8 +44,13 @@ class StepTimer(L.Callback):
         self.end = time.perf_counter()
 
 
-def train_lightning(model: MMLLM, batches: list[dict], warmup: int) -> float:
-    module = ContinualModule(model, Strategies([]), OptimizerConfig(), EvalConfig(), num_tasks=1)
+def train_lightning(
+    model: MMLLM, batches: list[dict], warmup: int, strategies: Strategies | None = None
+) -> float:
+    """Seconds of the timed steps of a Trainer fit (task 0, so strategy penalties apply)."""
+    module = ContinualModule(
+        model, strategies or Strategies([]), OptimizerConfig(), EvalConfig(), num_tasks=1
+    )
     module.task_id = 0
     timer = StepTimer(warmup)
     trainer = L.Trainer(
@@ -90,17 +94,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
-    model_cfg, stream, raw = load(args.config)
-    batch_size = args.batch_size or raw["data"]["batch_size"]
-    torch.manual_seed(args.seed)
-    template = MMLLM.build(model_cfg, stream.texts())
-    template.set_trainable(template.configured_trainable())
-    dataset = stream.tasks[0].train
-    collate = InstructionCollator(template, train=True)
-    batches = [
-        collate([dataset[(step * batch_size + i) % len(dataset)] for i in range(batch_size)])
-        for step in range(args.steps)
-    ]
+    template, batches, batch_size = training_batches(args)
     timed_samples = (args.steps - args.warmup) * batch_size
     print(
         f"{args.steps} steps of {batch_size} samples, {args.warmup} untimed, {args.rounds} rounds, "

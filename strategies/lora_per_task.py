@@ -77,20 +77,18 @@ class LoRAPerTask(Strategy):
 
     @contextmanager
     def eval_context(self, model, task_id):
-        """Evaluate under task ``task_id``'s adapter; restore the active adapter and requires_grad."""
+        """Evaluate under the adapter :meth:`adapter_for` picks; then restore the active one."""
         name = self.adapter_for(model, task_id)
         if name is None:
             yield
             return
         lm = model.backbone.lm
-        previous, flags = lm.active_adapter, [(p, p.requires_grad) for p in lm.parameters()]
+        previous = lm.active_adapter
         lm.set_adapter(name)
         try:
             yield
         finally:
-            lm.set_adapter(previous)
-            for p, flag in flags:
-                p.requires_grad_(flag)
+            lm.set_adapter(previous)  # also puts requires_grad back: on the active adapter only
 
     def save_adapters(self, directory) -> None:
         """Every adapter in peft's format, ``directory/task_<i>/``: load one with
@@ -102,7 +100,9 @@ class LoRAPerTask(Strategy):
         lm = self.model.backbone.lm if self.model is not None else None
         if not isinstance(lm, PeftModel):
             return {"adapters": {}}
-        return {"adapters": {name: get_peft_model_state_dict(lm, adapter_name=name) for name in lm.peft_config}}
+        return {
+            "adapters": {name: get_peft_model_state_dict(lm, adapter_name=name) for name in lm.peft_config}
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Rebuild the saved adapters, in task order, on the model given to ``setup``."""
