@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import warnings
 
 import torch
 import yaml
@@ -36,6 +38,23 @@ def bench_parser(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def training_parser(description: str) -> argparse.ArgumentParser:
+    """The common options plus those of the training benchmarks."""
+    parser = bench_parser(description)
+    parser.add_argument("--steps", type=int, default=50, help="training steps per run")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="samples per step (default: the config's)"
+    )
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of each run")
+    return parser
+
+
+def quiet_lightning() -> None:
+    """Keep Trainer start-up chatter out of the benchmark's output."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 def training_batches(args: argparse.Namespace) -> tuple[MMLLM, list[dict], int]:

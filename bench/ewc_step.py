@@ -13,12 +13,10 @@ Run: ``python bench/ewc_step.py [--steps 50 --warmup 10 --rounds 9]``
 from __future__ import annotations
 
 import copy
-import logging
 import statistics
-import warnings
 
 import torch
-from common import bench_parser, training_batches
+from common import quiet_lightning, training_batches, training_parser
 from train_throughput import train_lightning
 
 from contmm.strategy import Strategies
@@ -26,18 +24,12 @@ from strategies.ewc import EWC
 
 
 def main() -> None:
-    parser = bench_parser(__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=50, help="training steps per run")
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help="samples per step (default: the config's)"
-    )
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of each run")
+    parser = training_parser(__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=9, help="alternating naive / EWC rounds")
     parser.add_argument("--fisher-batches", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    quiet_lightning()
 
     template, batches, batch_size = training_batches(args)
     ewc = EWC(fisher_batches=args.fisher_batches)

@@ -15,14 +15,12 @@ Run: ``python bench/train_throughput.py [--steps 50 --warmup 10 --rounds 15]``
 from __future__ import annotations
 
 import copy
-import logging
 import statistics
 import time
-import warnings
 
 import lightning as L
 import torch
-from common import bench_parser, training_batches
+from common import quiet_lightning, training_batches, training_parser
 from torch.utils.data import DataLoader
 
 from contmm.model import MMLLM
@@ -82,17 +80,11 @@ def max_param_diff(a: MMLLM, b: MMLLM) -> float:
 
 
 def main() -> None:
-    parser = bench_parser(__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=50, help="training steps per run")
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help="samples per step (default: the config's)"
-    )
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps at the start of each run")
+    parser = training_parser(__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=15, help="alternating Lightning / plain rounds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    quiet_lightning()
 
     template, batches, batch_size = training_batches(args)
     timed_samples = (args.steps - args.warmup) * batch_size
