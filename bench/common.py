@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import warnings
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 import yaml
@@ -13,6 +15,8 @@ from jsonargparse import ArgumentParser
 from contmm.data import InstructionCollator
 from contmm.model import MMLLM, ModelConfig
 from contmm.stream import TaskStream
+
+T = TypeVar("T")
 
 
 def load(config_path: str) -> tuple[ModelConfig, TaskStream, dict]:
@@ -71,3 +75,11 @@ def training_batches(args: argparse.Namespace) -> tuple[MMLLM, list[dict], int]:
         for step in range(args.steps)
     ]
     return model, batches, batch_size
+
+
+def alternating_rounds(rounds: int, sides: dict[str, Callable[[], T]]) -> Iterator[dict[str, T]]:
+    """Each round runs every side once and yields their results by name; the order flips
+    every round so that a drift of the shared CPU does not favour one side."""
+    for r in range(rounds):
+        names = list(sides) if r % 2 == 0 else list(reversed(sides))
+        yield {name: sides[name]() for name in names}

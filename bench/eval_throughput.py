@@ -18,7 +18,7 @@ import statistics
 import time
 
 import torch
-from common import bench_parser, load
+from common import alternating_rounds, bench_parser, load
 
 from contmm.data import InstructionCollator
 from contmm.model import MMLLM
@@ -64,13 +64,14 @@ def main() -> None:
         f"max_new_tokens {args.max_new_tokens}, {args.rounds} rounds, {torch.get_num_threads()} threads"
     )
 
-    ratios, rates, predictions = [], {name: [] for name in sides}, {}
-    for r in range(args.rounds):
-        order = list(sides) if r % 2 == 0 else list(reversed(sides))
-        rate = {}
-        for name in order:
-            predictions[name], seconds = predict(model, sides[name], args.max_new_tokens)
-            rate[name] = len(samples) / seconds
+    ratios, rates = [], {name: [] for name in sides}
+    runs = {
+        name: (lambda b=batches: predict(model, b, args.max_new_tokens)) for name, batches in sides.items()
+    }
+    for r, results in enumerate(alternating_rounds(args.rounds, runs)):
+        predictions = {name: result[0] for name, result in results.items()}
+        rate = {name: len(samples) / result[1] for name, result in results.items()}
+        for name in sides:
             rates[name].append(rate[name])
         ratios.append(rate["batched"] / rate["per-sample"])
         print(

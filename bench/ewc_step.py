@@ -16,7 +16,7 @@ import copy
 import statistics
 
 import torch
-from common import quiet_lightning, training_batches, training_parser
+from common import alternating_rounds, quiet_lightning, training_batches, training_parser
 from train_throughput import train_lightning
 
 from contmm.strategy import Strategies
@@ -42,12 +42,13 @@ def main() -> None:
     print(f"EWC stores {stored} values for one task = 2 x {trainable} trainable parameters (model: {total})")
 
     timed = (args.steps - args.warmup) * batch_size
-    sides = {"naive": lambda: Strategies([]), "ewc": lambda: Strategies([copy.deepcopy(ewc)])}
+
+    def run(strategies: Strategies) -> float:
+        return train_lightning(copy.deepcopy(template), batches, args.warmup, strategies)
+
+    sides = {"naive": lambda: run(Strategies([])), "ewc": lambda: run(Strategies([copy.deepcopy(ewc)]))}
     ratios = []
-    for r in range(args.rounds):
-        seconds = {}
-        for name in sides if r % 2 == 0 else reversed(sides):
-            seconds[name] = train_lightning(copy.deepcopy(template), batches, args.warmup, sides[name]())
+    for r, seconds in enumerate(alternating_rounds(args.rounds, sides)):
         ratios.append(seconds["ewc"] / seconds["naive"])
         print(
             f"round {r}: naive {timed / seconds['naive']:.0f} samples/s, "

@@ -20,7 +20,7 @@ import time
 
 import lightning as L
 import torch
-from common import quiet_lightning, training_batches, training_parser
+from common import alternating_rounds, quiet_lightning, training_batches, training_parser
 from torch.utils.data import DataLoader
 
 from contmm.model import MMLLM
@@ -93,19 +93,21 @@ def main() -> None:
         f"{sum(p.numel() for p in template.parameters())} parameters, {torch.get_num_threads()} threads"
     )
 
-    runners = {"lightning": train_lightning, "plain": train_plain}
-    ratios, rates = [], {name: [] for name in runners}
-    for r in range(args.rounds):
-        order = list(runners) if r % 2 == 0 else list(reversed(runners))
-        trained, rate = {}, {}
-        for name in order:
-            trained[name] = copy.deepcopy(template)
-            rate[name] = timed_samples / runners[name](trained[name], batches, args.warmup)
+    def run(train):
+        model = copy.deepcopy(template)
+        return model, train(model, batches, args.warmup)
+
+    runs = {"lightning": lambda: run(train_lightning), "plain": lambda: run(train_plain)}
+    ratios, rates = [], {name: [] for name in runs}
+    for r, results in enumerate(alternating_rounds(args.rounds, runs)):
+        rate = {name: timed_samples / seconds for name, (_, seconds) in results.items()}
+        for name in runs:
             rates[name].append(rate[name])
         ratios.append(rate["lightning"] / rate["plain"])
+        diff = max_param_diff(results["lightning"][0], results["plain"][0])
         print(
             f"round {r}: lightning {rate['lightning']:.0f} samples/s, plain {rate['plain']:.0f} samples/s, "
-            f"ratio {ratios[-1]:.3f}, max |param diff| {max_param_diff(trained['lightning'], trained['plain']):.2e}"
+            f"ratio {ratios[-1]:.3f}, max |param diff| {diff:.2e}"
         )
 
     lightning, plain = statistics.median(rates["lightning"]), statistics.median(rates["plain"])
