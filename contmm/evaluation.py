@@ -7,7 +7,8 @@ from torchmetrics import Metric
 
 
 class TaskScores(Metric):
-    """Mean score per task from per-sample scores; sums and counts are reduced over ranks.
+    """Mean strict and lenient score per task from per-sample scores; sums and counts are
+    reduced over ranks.
 
     Each rank scores a disjoint shard, so the reduced count is the test set's size and no
     sample is counted twice.
@@ -18,12 +19,14 @@ class TaskScores(Metric):
     def __init__(self, num_tasks: int) -> None:
         super().__init__()
         self.add_state("total", torch.zeros(num_tasks, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("lenient_total", torch.zeros(num_tasks, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros(num_tasks, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, task_id: int, scores: torch.Tensor) -> None:
-        self.total[task_id] += scores.sum().to(self.total)
-        self.count[task_id] += scores.numel()
+    def update(self, task_id: int, strict: torch.Tensor, lenient: torch.Tensor) -> None:
+        self.total[task_id] += strict.sum().to(self.total)
+        self.lenient_total[task_id] += lenient.sum().to(self.total)
+        self.count[task_id] += strict.numel()
 
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean score per task, samples scored per task); the mean is NaN where none were."""
-        return self.total / self.count, self.count
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(strict mean, lenient mean, samples scored) per task; means are NaN where none were."""
+        return self.total / self.count, self.lenient_total / self.count, self.count

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Literal
 
 import lightning as L
 import torch
@@ -18,7 +19,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from contmm.evaluation import TaskScores
 from contmm.model import MMLLM
-from contmm.scoring import get_scorer
+from contmm.scoring import score
 from contmm.strategy import Strategies
 
 
@@ -44,10 +45,13 @@ class EvalConfig:
     """Args:
     batch_size: prompts generated together per device (left-padded, KV cache).
     max_new_tokens: the longest answer generated.
+    matrix: ``full`` scores every task after every stage; ``lower`` scores row 0, the
+        tasks tuned so far and the next one: exactly the cells every metric needs.
     """
 
     batch_size: int = 64
     max_new_tokens: int = 8
+    matrix: Literal["full", "lower"] = "lower"
 
 
 def build_optimizer(model: MMLLM, cfg: OptimizerConfig, total_steps: int):
@@ -82,7 +86,9 @@ class ContinualModule(L.LightningModule):
         self.task_id: int | None = None  # the task being tuned; None during pre-training
         self.scores = TaskScores(num_tasks)
         self.last_scores: dict[int, float] = {}
+        self.last_lenient: dict[int, float] = {}
         self.last_predictions: dict[int, list[dict]] = {}
+        self.last_report: dict = {}
 
     # -- training -------------------------------------------------------------------------
 
@@ -97,6 +103,15 @@ class ContinualModule(L.LightningModule):
             self.log_dict({"train/lm_loss": loss, "train/penalty": penalty}, batch_size=size)
             loss = loss + penalty
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        if not torch.isfinite(loss):
+            # Stop here: the next optimizer step would spread NaN into every weight.
+            stage = (
+                "pre-training" if self.task_id is None else f"stage {self.task_id + 1} (task {self.task_id})"
+            )
+            raise ValueError(
+                f"{stage}: the loss is {loss.item()} at step {self.global_step} (batch {batch_idx}); "
+                "lower optimizer.lr or check the data. Completed stages are kept: the run resumes from them"
+            )
         return loss
 
     def on_train_end(self) -> None:
@@ -118,36 +133,36 @@ class ContinualModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         task_id, task = self.trainer.datamodule.eval_tasks[dataloader_idx]
-        with self.strategies.eval_context(self.model, task_id):
+        with self.strategies.eval_context(self.model, task_id, batch):
             new_tokens = self.model.generate(
                 batch["input_ids"],
                 batch["attention_mask"],
                 batch["pixel_values"],
                 max_new_tokens=self.evaluation.max_new_tokens,
             )
-        predictions = self.model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        scorer = get_scorer(task.scorer)
-        scores = [scorer(p, a) for p, a in zip(predictions, batch["answers"])]
-        self.scores.update(task_id, torch.tensor(scores))
-        for sample_id, question, answer, prediction, score in zip(
+        predictions = [
+            p.strip() for p in self.model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        ]
+        scores = [score(task.scorer, p, a) for p, a in zip(predictions, batch["answers"])]
+        strict = torch.tensor([s["strict"] for s in scores])
+        self.scores.update(task_id, strict, torch.tensor([s["lenient"] for s in scores]))
+        for sample_id, question, answer, prediction, sample in zip(
             batch["ids"], batch["questions"], batch["answers"], predictions, scores
         ):
-            self._predictions[task_id].append(
-                {
-                    "id": sample_id,
-                    "question": question,
-                    "answer": answer,
-                    "prediction": prediction.strip(),
-                    "score": score,
-                }
-            )
+            record = {"id": sample_id, "question": question, "answer": answer, "prediction": prediction}
+            record["score"] = sample["strict"]
+            if sample["lenient"] != sample["strict"]:  # e.g. the answer inside a longer sentence
+                record["lenient_score"] = sample["lenient"]
+            self._predictions[task_id].append(record)
 
     def on_test_epoch_end(self) -> None:
-        means, counts = self.scores.compute()  # reduced over ranks by torchmetrics
+        means, lenient, counts = self.scores.compute()  # reduced over ranks by torchmetrics
         evaluated = [task_id for task_id, _ in self.trainer.datamodule.eval_tasks]
         self.last_scores = {j: float(means[j]) for j in evaluated if counts[j] > 0}
+        self.last_lenient = {j: float(lenient[j]) for j in evaluated if counts[j] > 0}
         shards = [dict(self._predictions)]
         if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
             shards = [None] * self.trainer.world_size
             dist.all_gather_object(shards, dict(self._predictions))
         self.last_predictions = {j: [r for shard in shards for r in shard.get(j, [])] for j in evaluated}
+        self.last_report = self.strategies.evaluation_report()  # collective: every rank is here

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
@@ -37,6 +38,14 @@ class RunDirectory:
     def write_text(self, name: str, text: str) -> None:
         if self.is_writer():
             atomic_write(self.path / name, text)
+
+    def clear(self) -> None:
+        """Delete what a run wrote here (results, predictions, checkpoints, logs), to start over."""
+        if not self.is_writer():
+            return
+        (self.path / "results.json").unlink(missing_ok=True)
+        for name in ("predictions", "checkpoints", "logs"):
+            shutil.rmtree(self.path / name, ignore_errors=True)
 
     def write_results(self, results: dict) -> None:
         self.write_text("results.json", json.dumps(results, indent=2) + "\n")

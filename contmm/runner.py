@@ -6,15 +6,23 @@ other ranks), so everything here is deterministic from the seed; only rank 0 wri
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from contmm.checkpoint import (
+    Checkpoint,
+    config_difference,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from contmm.data import DataConfig, StageData
 from contmm.environment import environment
-from contmm.metrics import compute_metrics
+from contmm.metrics import compute_metrics, metric_details
 from contmm.model import MMLLM, ModelConfig
 from contmm.module import ContinualModule, EvalConfig, OptimizerConfig
 from contmm.results import RunDirectory, summary_table
@@ -37,6 +45,19 @@ class PretrainConfig:
     lr: float | None = None
 
 
+def tasks_to_evaluate(stage: int, num_tasks: int, mode: str) -> list[int]:
+    """The columns of row ``stage`` that are scored: all of them (``full``), or (``lower``)
+    all at row 0 and at the last row, else the tasks tuned so far and the next one."""
+    if mode == "full" or stage in (0, num_tasks):
+        return list(range(num_tasks))
+    return list(range(stage + 1))
+
+
+def running_metrics(matrix: list[list[float | None]], stage: int) -> dict[str, float | None]:
+    """The metrics of the stream cut after ``stage`` (its first ``stage`` tasks)."""
+    return compute_metrics([row[:stage] for row in matrix[: stage + 1]])
+
+
 class ContinualRun:
     """One run: a model, a stream, strategies and the settings of every stage's Trainer."""
 
@@ -53,12 +74,17 @@ class ContinualRun:
         evaluation: EvalConfig,
         trainer: dict[str, Any],
         config: dict[str, Any],
+        resume: bool = True,
     ) -> None:
         L.seed_everything(seed, verbose=False)
         self.stream, self.seed, self.data, self.pretrain = stream, seed, data, pretrain
-        self.trainer_settings, self.config = trainer, config
+        self.trainer_settings, self.config, self.resume = trainer, config, resume
         self.run = RunDirectory(output_dir)
         self.model = MMLLM.build(model, stream.texts())
+        # The tensors of components no stage trains are rebuilt identically from the config,
+        # so checkpoints leave them out (a frozen pretrained LLM is not copied per stage).
+        trained = {*self.model.configured_trainable(), *(pretrain.trainable if pretrain.max_epochs else ())}
+        self.untrained_keys = {k for k in self.model.state_dict() if k.split(".")[0] not in trained}
         self.strategies = Strategies(strategies)
         self.module = ContinualModule(self.model, self.strategies, optimizer, evaluation, len(stream.tasks))
         # Built before any Trainer starts the process group: importing Avalanche on a
@@ -66,6 +92,16 @@ class ContinualRun:
         self.benchmark = stream.benchmark()
         tasks = stream.task_names
         self.matrix: list[list[float | None]] = [[None] * len(tasks) for _ in range(len(tasks) + 1)]
+        # The same cells scored leniently (the answer found inside a longer prediction).
+        self.lenient_matrix: list[list[float | None]] = [[None] * len(tasks) for _ in range(len(tasks) + 1)]
+        # What the strategies report after each evaluation (e.g. routing accuracy), per row.
+        self.reports: list[dict] = [{} for _ in range(len(tasks) + 1)]
+        # One logger pair across all stages, stage = step, so TensorBoard draws the scores
+        # of every task over the stream (forgetting curves) without contmm.
+        self.score_loggers = [
+            CSVLogger(self.run.logs, name="csv", version="scores"),
+            TensorBoardLogger(self.run.logs, name="tensorboard", version="scores"),
+        ]
 
     def new_trainer(self, stage: str, **overrides: Any) -> L.Trainer:
         loggers = [
@@ -77,30 +113,42 @@ class ContinualRun:
         settings = {**self.trainer_settings, **overrides, "use_distributed_sampler": False}
         return L.Trainer(**settings, logger=loggers, default_root_dir=self.run.path)
 
-    def stage_data(self, train=None) -> StageData:
+    def stage_data(self, train=None, evaluate: list[int] = ()) -> StageData:
         return StageData(
             self.model,
             self.data,
             self.module.evaluation.batch_size,
             self.seed,
             train=train,
-            eval_tasks=list(enumerate(self.stream.tasks)),
+            eval_tasks=[(j, self.stream.tasks[j]) for j in evaluate],
         )
 
     def fit(self) -> dict:
+        checkpoint = self.resume_point()
         self.run.write_text("config.yaml", self.config["yaml"])
         if self.run.is_writer():
             self.model.tokenizer.save_pretrained(self.run.path / "tokenizer")
-        if self.pretrain.max_epochs:
-            self.pretrain_stage()
-        self.strategies.setup(self.model, self.stream)
-
-        trainer = self.new_trainer("stage_0")
-        self.evaluate(trainer, 0)
+        if checkpoint is None:
+            if self.pretrain.max_epochs:
+                self.pretrain_stage()
+            self.strategies.setup(self.model, self.stream)
+            trainer = self.new_trainer("stage_0")
+            self.evaluate(trainer, 0)
+            completed = 0
+        else:
+            self.strategies.setup(self.model, self.stream)
+            completed = self.restore(checkpoint)
+        num_tasks = len(self.stream.tasks)
+        if completed == num_tasks:
+            print(f"{self.run.path}: all {num_tasks} stages are complete; --resume false starts over")
+            return json.loads((self.run.path / "results.json").read_text())
         for experience in self.benchmark.train_stream:
             task_id = experience.current_experience
+            if task_id < completed:
+                continue
             # Each stage draws from a seed of its own, so its shuffling and dropout do not
-            # depend on how many random numbers the stages before it consumed.
+            # depend on how many random numbers the stages before it consumed (nor on
+            # whether they ran in this process or before a resume).
             L.seed_everything(self.seed + task_id + 1, verbose=False)
             self.model.set_trainable(self.model.configured_trainable())
             self.strategies.before_task(self.model, task_id)
@@ -111,7 +159,65 @@ class ContinualRun:
             self.evaluate(trainer, task_id + 1)
         if self.run.is_writer():
             print("\n" + summary_table(self.stream.task_names, self.matrix, compute_metrics(self.matrix)))
-        return self.results(trainer, len(self.stream.tasks))
+        return self.results(trainer, num_tasks)
+
+    def resume_point(self) -> Checkpoint | None:
+        """The checkpoint to go on from; None to start from the beginning. A run directory
+        that holds another config's results is refused; ``resume=False`` empties it."""
+        if not self.resume:
+            self.run.clear()
+            return None
+        path = latest_checkpoint(self.run.path)
+        checkpoint = load_checkpoint(path) if path else None
+        results = self.run.path / "results.json"
+        if checkpoint is not None:
+            saved = checkpoint.state["config"]
+        elif results.is_file():
+            saved = json.loads(results.read_text()).get("config", {})
+        else:
+            return None
+        if (difference := config_difference(saved, self.config["dict"])) is not None:
+            raise ValueError(
+                f"{self.run.path} holds the results of another config ({difference}). "
+                "Pass --resume false to start over there (its results, checkpoints and logs "
+                "are deleted), or choose another --output_dir"
+            )
+        return checkpoint
+
+    def restore(self, checkpoint: Checkpoint) -> int:
+        """Load the model, the strategies and the matrix rows of ``checkpoint``; returns the
+        number of stages it completed."""
+        self.strategies.load_state_dict(checkpoint.strategies)  # rebuilds adapters, projectors
+        missing, unexpected = self.model.load_state_dict(checkpoint.model, strict=False)
+        if unexpected or set(missing) - self.untrained_keys:
+            raise ValueError(
+                f"the checkpoint of stage {checkpoint.stage} in {self.run.path} does not fit the model: "
+                f"unexpected {unexpected[:3]}, missing {sorted(set(missing) - self.untrained_keys)[:3]}"
+            )
+        state = checkpoint.state
+        self.matrix, self.lenient_matrix, self.reports = (
+            state["matrix"],
+            state["lenient_matrix"],
+            state["reports"],
+        )
+        # A new CSV logger rewrites its file: log the restored rows again so it keeps them.
+        for stage in range(checkpoint.stage + 1):
+            self.log_scores(stage, self.score_loggers[:1])
+        if self.run.is_writer():
+            print(f"{self.run.path}: resuming after stage {checkpoint.stage} of {len(self.stream.tasks)}")
+        return checkpoint.stage
+
+    def save_checkpoint(self, stage: int) -> None:
+        if not self.run.is_writer():
+            return
+        tensors = {k: v for k, v in self.model.state_dict().items() if k not in self.untrained_keys}
+        state = {
+            "matrix": self.matrix,
+            "lenient_matrix": self.lenient_matrix,
+            "reports": self.reports,
+            "config": self.config["dict"],
+        }
+        save_checkpoint(self.run.path, stage, tensors, self.strategies.state_dict(), state)
 
     def pretrain_stage(self) -> None:
         if self.stream.pretrain_task is None:
@@ -129,21 +235,46 @@ class ContinualRun:
         self.module.optimizer_cfg = tuning
 
     def evaluate(self, trainer: L.Trainer, stage: int) -> None:
-        """Score every task after ``stage``; write the row, its predictions and results.json."""
-        trainer.test(self.module, datamodule=self.stage_data(), verbose=False)
+        """Score the tasks of row ``stage``; write the row, its predictions and results.json."""
+        columns = tasks_to_evaluate(stage, len(self.stream.tasks), self.module.evaluation.matrix)
+        trainer.test(self.module, datamodule=self.stage_data(evaluate=columns), verbose=False)
         for task_id, score in self.module.last_scores.items():
             self.matrix[stage][task_id] = score
+            self.lenient_matrix[stage][task_id] = self.module.last_lenient[task_id]
+        self.reports[stage] = self.module.last_report
         for task_id, records in self.module.last_predictions.items():
             self.run.write_predictions(stage, self.stream.tasks[task_id].name, records)
         self.run.write_results(self.results(trainer, stage))
+        self.log_scores(stage, self.score_loggers)
+        self.save_checkpoint(stage)
+
+    def log_scores(self, stage: int, loggers: list) -> None:
+        names = self.stream.task_names
+        values = {f"score/{names[j]}": v for j, v in enumerate(self.matrix[stage]) if v is not None}
+        if stage:
+            metrics = running_metrics(self.matrix, stage).items()
+            values.update({f"metric/{name}": v for name, v in metrics if v is not None})
+        for logger in loggers:
+            logger.log_metrics(values, step=stage)
+            logger.save()
 
     def results(self, trainer: L.Trainer, stages_completed: int) -> dict:
-        return {
+        results = {
             "tasks": self.stream.task_names,
             "strategies": self.strategies.name,
             "stages_completed": stages_completed,
+            "matrix_mode": self.module.evaluation.matrix,
             "matrix": self.matrix,
             "metrics": compute_metrics(self.matrix),
-            "config": self.config["dict"],
-            "env": environment(trainer, self.data.batch_size),
+            **metric_details(self.matrix, self.stream.task_names),
         }
+        # Stored only where leniency changed a score, so a strict scorer adds nothing.
+        if self.lenient_matrix != self.matrix:
+            results["lenient_matrix"] = self.lenient_matrix
+            results["lenient_metrics"] = compute_metrics(self.lenient_matrix)
+        results.update(
+            strategy_reports=self.reports,
+            config=self.config["dict"],
+            env=environment(trainer, self.data.batch_size),
+        )
+        return results

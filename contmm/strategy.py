@@ -13,8 +13,15 @@ Where each hook runs:
 - ``penalty``: inside every training step; a scalar added to the LM loss, or None.
 - ``after_task``: at the end of the stage's fit, on the training device, with the stage's
   training dataloader (a shard of it under DDP: all-reduce what you compute).
-- ``eval_context``: around the evaluation of task ``task_id`` (adapter / projector routing).
-- ``state_dict`` / ``load_state_dict``: what a resumed run needs (buffers, Fisher, ...).
+- ``eval_context``: around the evaluation of each batch of task ``task_id`` (adapter /
+  projector routing); ``batch`` is that batch, for strategies that route per sample.
+- ``evaluation_report``: after each evaluation, on every rank (all-reduce what you count);
+  a JSON-able dict the runner stores per stage in ``results.json`` (e.g. routing accuracy).
+- ``state_dict`` / ``load_state_dict``: what a resumed run needs (buffers, Fisher, ...),
+  saved with each stage checkpoint (tensors, numbers, strings, lists and dicts only: it
+  is loaded with ``torch.load(weights_only=True)``). On resume ``load_state_dict`` runs
+  after ``setup`` and before the model's weights are loaded, so it can rebuild structure
+  (adapters, projectors) those weights need.
 """
 
 from __future__ import annotations
@@ -48,8 +55,11 @@ class Strategy:
     def after_task(self, model: MMLLM, task_id: int, dataloader: DataLoader) -> None:
         pass
 
-    def eval_context(self, model: MMLLM, task_id: int) -> AbstractContextManager:
+    def eval_context(self, model: MMLLM, task_id: int, batch: dict | None = None) -> AbstractContextManager:
         return nullcontext()
+
+    def evaluation_report(self) -> dict:
+        return {}
 
     def state_dict(self) -> dict:
         return {}
@@ -90,11 +100,14 @@ class Strategies(Strategy):
             s.after_task(model, task_id, dataloader)
 
     @contextmanager
-    def eval_context(self, model, task_id):
+    def eval_context(self, model, task_id, batch=None):
         with ExitStack() as stack:
             for s in self.strategies:
-                stack.enter_context(s.eval_context(model, task_id))
+                stack.enter_context(s.eval_context(model, task_id, batch))
             yield
+
+    def evaluation_report(self):
+        return {s.name: report for s in self.strategies if (report := s.evaluation_report())}
 
     def state_dict(self):
         return {f"{i}:{s.name}": s.state_dict() for i, s in enumerate(self.strategies)}

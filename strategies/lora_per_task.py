@@ -76,7 +76,7 @@ class LoRAPerTask(Strategy):
         return own if own in lm.peft_config else list(lm.peft_config)[-1]
 
     @contextmanager
-    def eval_context(self, model, task_id):
+    def eval_context(self, model, task_id, batch=None):
         """Evaluate under the adapter :meth:`adapter_for` picks; then restore the active one."""
         name = self.adapter_for(model, task_id)
         if name is None:

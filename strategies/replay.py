@@ -4,7 +4,8 @@ The memory is one of Avalanche's storage policies over index views of the task d
 (no copies): experience-balanced (each seen task keeps an equal share) or a reservoir over
 the whole stream. It is updated after each task with that task's training samples, from a
 random generator seeded by ``seed`` and the task id alone, so every DDP rank (and a rerun)
-holds the same memory.
+holds the same memory. That also makes the memory a function of the stream and the number
+of tasks seen: a resumed run rebuilds it by repeating the updates (index views, no images).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ class Replay(Strategy):
         else:
             self.storage = ReservoirSamplingBuffer(max_size=memory_size)
         self._stage_data: Dataset | None = None
+        self.tasks_seen = 0
+        self.stream = None
+
+    def setup(self, model, stream) -> None:
+        self.stream = stream
 
     @property
     def memory(self) -> Dataset:
@@ -51,7 +57,22 @@ class Replay(Strategy):
         return ConcatDataset([dataset, self.memory]) if len(self.memory) else dataset
 
     def after_task(self, model, task_id, dataloader) -> None:
+        self._update(task_id, self._stage_data)
+
+    def _update(self, task_id: int, dataset: Dataset) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + task_id)
             # Avalanche's policies read only ``.dataset`` of the experience they are given.
-            self.storage.post_adapt(None, SimpleNamespace(dataset=self._stage_data))
+            self.storage.post_adapt(None, SimpleNamespace(dataset=dataset))
+        self.tasks_seen = task_id + 1
+
+    def state_dict(self) -> dict:
+        return {"tasks_seen": self.tasks_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Rebuild the memory by repeating the updates of the tasks seen (needs ``setup``)."""
+        if state["tasks_seen"] and self.stream is None:
+            raise RuntimeError("Replay.load_state_dict needs the stream: call setup(model, stream) first")
+        experiences = self.stream.benchmark().train_stream if state["tasks_seen"] else []
+        for experience in experiences[: state["tasks_seen"]]:
+            self._update(experience.current_experience, experience.dataset)

@@ -74,3 +74,20 @@ def model(stream) -> MMLLM:
 
     torch.manual_seed(0)
     return MMLLM.build(tiny_config(), stream.texts()).eval()
+
+
+def start(model, strategy, task_id: int) -> None:
+    """What the runner does before a stage: the config's trainability, then the hook."""
+    model.set_trainable(model.configured_trainable())
+    strategy.before_task(model, task_id)
+
+
+def train_steps(model, batch: dict, steps: int = 5) -> None:
+    """A few AdamW steps on one batch over what is trainable now."""
+    import torch
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()

@@ -1,7 +1,8 @@
-"""Test-only strategies that write what each DDP rank holds, to compare ranks afterwards.
+"""Test-only strategies for 2-process runs, steered by environment variables.
 
-They write to the directory in ``$CONTMM_PROBE_DIR`` (a real strategy never touches the
-filesystem; these exist to look inside a 2-process run).
+The probes write what each DDP rank holds to ``$CONTMM_PROBE_DIR``, to compare ranks
+afterwards (a real strategy never touches the filesystem); ``CrashBeforeTask`` stops a
+run between stages.
 """
 
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from contmm.strategy import Strategy
 from strategies.ewc import EWC
 from strategies.replay import Replay
 
@@ -31,3 +33,12 @@ class EWCProbe(EWC):
         super().after_task(model, task_id, dataloader)
         fisher = self.importances[-1][0]
         _write("ewc", task_id, {name: value.double().flatten().tolist() for name, value in fisher.items()})
+
+
+class CrashBeforeTask(Strategy):
+    """Raises before task ``$CONTMM_CRASH_AT_TASK`` (on every rank): a run killed between
+    stages, whose config is the same as the run that resumes it."""
+
+    def before_task(self, model, task_id):
+        if os.environ.get("CONTMM_CRASH_AT_TASK") == str(task_id):
+            raise RuntimeError(f"injected crash before task {task_id}")

@@ -89,7 +89,17 @@ def test_an_error_inside_the_run_is_one_message_not_a_traceback(capsys, tmp_path
     message = _fit_error(
         capsys, *TINY_RUN, "--output_dir", str(tmp_path), "--stream.init_args.tasks", "[colour, size]"
     )
-    assert "'size'" in message
+    # The stream's own message, not the list of types jsonargparse tried to build.
+    assert message.startswith("contmm: error: unknown synthetic task(s) ['size']")
+    assert "Subtypes" not in message
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_malformed_yaml_is_named_with_its_file(capsys, tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("trainer:\n  max_epochs: [1, 2\n")
+    message = _fit_error(capsys, "--config", "experiments/seq_vqa.yaml", "--config", str(config))
+    assert "broken.yaml" in message
 
 
 def test_print_config_shows_the_resolved_config(capsys):

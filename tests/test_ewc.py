@@ -43,6 +43,11 @@ def test_the_penalty_is_zero_at_the_anchor_and_grows_as_weights_move(model, batc
     own_term = 0.5 * 10.0 * (fisher[name] * (weight - anchor[name]).pow(2)).sum()
     assert float(ewc.penalty(model, None, None)) == pytest.approx(float(own_term), rel=1e-6)
     assert float(own_term) > 0
+    # Its gradient pulls each weight back to the anchor in proportion to its Fisher value.
+    model.zero_grad()
+    ewc.penalty(model, None, None).backward()
+    torch.testing.assert_close(weight.grad, 10.0 * fisher[name] * (weight - anchor[name]).detach())
+    assert torch.count_nonzero(model.input_projector[2].weight.grad) == 0  # unmoved: no pull
 
 
 def test_parameters_frozen_now_or_absent_then_are_not_penalised(model, batches):

@@ -11,7 +11,7 @@ from contmm.cli import main
 from contmm.data import InstructionCollator
 from contmm.model import MMLLM
 from strategies.lora_per_task import LoRAPerTask
-from tests.conftest import TINY_RUN
+from tests.conftest import TINY_RUN, start, train_steps
 
 
 @pytest.fixture
@@ -20,20 +20,6 @@ def lora(model, stream) -> LoRAPerTask:
     strategy = LoRAPerTask(r=4, alpha=8)
     strategy.setup(model, stream)
     return strategy
-
-
-def start(model, strategy, task_id):
-    """What the runner does before a stage: the config's trainability, then the hook."""
-    model.set_trainable(model.configured_trainable())
-    strategy.before_task(model, task_id)
-
-
-def train_steps(model, batch, steps=5):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        model(**batch).loss.backward()
-        optimizer.step()
 
 
 def logits_under(strategy, model, task_id, batch):

@@ -1,5 +1,6 @@
 """The strategy hooks: composition, and where the runner and the module call them."""
 
+import json
 from contextlib import contextmanager
 from typing import ClassVar
 
@@ -38,10 +39,14 @@ class Recorder(Strategy):
         self.calls.append(("after_task", task_id, next(iter(dataloader))["input_ids"].device.type))
 
     @contextmanager
-    def eval_context(self, model, task_id):
-        self.calls.append(("enter", self.tag, task_id))
+    def eval_context(self, model, task_id, batch=None):
+        self.calls.append(("enter", self.tag, task_id, None if batch is None else len(batch["ids"])))
         yield
         self.calls.append(("exit", self.tag, task_id))
+
+    def evaluation_report(self):
+        self.calls.append(("report",))
+        return {"reports_so_far": sum(c[0] == "report" for c in self.calls)}
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +59,7 @@ def test_composed_strategies_add_penalties_and_nest_eval_contexts():
     assert float(both.penalty(None, {}, None)) == pytest.approx(0.75)
     assert Strategies([Strategy()]).penalty(None, {}, None) is None
     with both.eval_context(None, 3):
-        assert Recorder.calls == [("enter", "a", 3), ("enter", "b", 3)]
+        assert Recorder.calls == [("enter", "a", 3, None), ("enter", "b", 3, None)]
     assert Recorder.calls[2:] == [("exit", "b", 3), ("exit", "a", 3)]
     assert both.name == "Recorder+Strategy+Recorder"
 
@@ -95,7 +100,7 @@ def test_the_runner_calls_every_hook_at_its_stage(tmp_path, monkeypatch):
             "[{class_path: tests.test_strategy.Recorder}]",
         ]
     )
-    hooks = [c for c in Recorder.calls if c[0] not in ("enter", "exit")]
+    hooks = [c for c in Recorder.calls if c[0] not in ("enter", "exit", "report")]
     assert hooks == [
         ("setup", 2),
         ("before_task", 0),
@@ -108,4 +113,8 @@ def test_the_runner_calls_every_hook_at_its_stage(tmp_path, monkeypatch):
     # Every evaluation of task j runs inside eval_context(j): 3 rows x 2 tasks, per batch.
     entered = {c[2] for c in Recorder.calls if c[0] == "enter"}
     assert entered == {0, 1}
-    assert sum(c[0] == "enter" for c in Recorder.calls) == 3 * 2 * 3  # 9 samples, batches of 4
+    # 9 samples per task in batches of 4: each batch is handed to the strategy for routing.
+    assert [c[3] for c in Recorder.calls if c[0] == "enter"] == [4, 4, 1] * 2 * 3
+    # After each of the 3 evaluations the strategy's report is stored with its row.
+    reports = json.loads((tmp_path / "results.json").read_text())["strategy_reports"]
+    assert reports == [{"Recorder": {"reports_so_far": n}} for n in (1, 2, 3)]

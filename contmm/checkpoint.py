@@ -1,0 +1,88 @@
+"""Stage checkpoints: what a run needs to go on from the stage after the last completed one.
+
+``checkpoints/stage_<i>/`` holds, after row i of the matrix is written:
+
+- ``model.pt``: the model's tensors, except those of components no stage ever trains
+  (rebuilt identically from the config), so a frozen pretrained LLM is not copied;
+- ``strategies.pt``: the strategies' state (replay memory, Fisher, adapters, ...);
+- ``state.json``: the stage, the matrix rows so far, the strategies' reports and the
+  resolved config the run was started with.
+
+A checkpoint is written to a temporary directory and renamed into place, so a crash
+leaves either the whole of it or none; only the newest is kept. Tensors load with
+``torch.load(weights_only=True)``: a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class Checkpoint:
+    stage: int
+    model: dict[str, torch.Tensor]
+    strategies: dict
+    state: dict
+
+
+def save_checkpoint(
+    run_path: Path, stage: int, model_tensors: dict[str, torch.Tensor], strategies: dict, state: dict
+) -> None:
+    """Write ``checkpoints/stage_<stage>`` atomically and remove the older ones."""
+    root = run_path / CHECKPOINTS
+    tmp = root / f".stage_{stage}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({k: v.detach().cpu() for k, v in model_tensors.items()}, tmp / "model.pt")
+    torch.save(strategies, tmp / "strategies.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "stage": stage}, indent=1) + "\n")
+    final = root / f"stage_{stage}"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for older in root.glob("stage_*"):
+        if older != final:
+            shutil.rmtree(older)
+
+
+def latest_checkpoint(run_path: Path) -> Path | None:
+    """The newest complete ``checkpoints/stage_<i>`` directory, or None."""
+    stages = [p for p in (run_path / CHECKPOINTS).glob("stage_*") if (p / "state.json").is_file()]
+    return max(stages, key=lambda p: int(p.name.removeprefix("stage_")), default=None)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    try:
+        model = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+        strategies = torch.load(path / "strategies.pt", map_location="cpu", weights_only=True)
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        # weights_only refuses a pickle that would build objects or run code.
+        raise ValueError(
+            f"cannot load the checkpoint {path}: {type(error).__name__}: {error}\n"
+            "Start over with --resume false, or choose another --output_dir"
+        ) from None
+    return Checkpoint(state["stage"], model, strategies, state)
+
+
+def config_difference(saved: dict, current: dict, prefix: str = "") -> str | None:
+    """The first setting where two resolved configs differ, as 'key: saved there, current
+    now', or None. ``resume`` and ``output_dir`` (a moved run directory) may differ."""
+    for key in sorted(set(saved) | set(current)):
+        if not prefix and key in ("resume", "output_dir"):
+            continue
+        a, b = saved.get(key, "<unset>"), current.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            if (inner := config_difference(a, b, f"{prefix}{key}.")) is not None:
+                return inner
+        elif a != b:
+            return f"{prefix}{key}: {a!r} there, {b!r} now"
+    return None

@@ -1,0 +1,101 @@
+"""Print a Markdown table of the metrics of run directories, one row per run, for a README.
+
+Metrics are computed from each run's score matrix (never read from results.json), to three
+decimals, "n/a" where a cell they need was not evaluated; a line below the table says why.
+With --reference, a single-task reference run (each task tuned alone from the same
+starting model) gives S_j, its score on task j right after tuning it, and the table gains
+an Intransigence column: mean_j (S_j - R[j+1][j]), > 0 when the continual model learns a
+task less well than it could.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from contmm.metrics import compute_metrics, why_missing
+from contmm.rundata import RunData
+
+
+class Column(NamedTuple):
+    key: str  # in compute_metrics' result
+    title: str
+    signed: bool  # a difference, whose sign is the point (BWT < 0 is forgetting)
+
+
+COLUMNS = (
+    Column("acc", "ACC", False),
+    Column("mft", "MFT", False),
+    Column("maa", "MAA", False),
+    Column("bwt", "BWT", True),
+    Column("forgetting", "Forgetting", False),
+    Column("fwt", "FWT", True),
+)
+INTRANSIGENCE = Column("intransigence", "Intransigence", True)
+
+
+def report(runs: Sequence[RunData], reference: RunData | None = None) -> str:
+    """The table, then one line per metric that is n/a with the reason."""
+    notes = missing_notes(runs, reference)
+    return report_table(runs, reference) + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def report_table(runs: Sequence[RunData], reference: RunData | None = None) -> str:
+    """One Markdown row per run: strategy, run directory, then the metrics."""
+    columns = _columns(reference)
+    lines = [
+        "| strategy | run | " + " | ".join(c.title for c in columns) + " |",
+        "|---|---|" + "---:|" * len(columns),
+    ]
+    for run in runs:
+        metrics = compute_metrics(run.matrix, reference_scores(reference, run) if reference else None)
+        cells = [run.strategy, run.name, *(format_value(metrics[c.key], c.signed) for c in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def missing_notes(runs: Sequence[RunData], reference: RunData | None = None) -> list[str]:
+    """'- STRATEGY (run): METRIC n/a: reason' for every metric of every run that is n/a."""
+    notes = []
+    for run in runs:
+        reasons = why_missing(run.matrix, run.tasks)
+        if reference is not None and (reason := _intransigence_missing(run, reference)) is not None:
+            reasons["intransigence"] = reason
+        notes += [
+            f"- {run.strategy} ({run.name}): {c.title} n/a: {reasons[c.key]}"
+            for c in _columns(reference)
+            if c.key in reasons
+        ]
+    return notes
+
+
+def reference_scores(reference: RunData, run: RunData) -> list[float | None]:
+    """S_j: the reference run's score on task j right after tuning it (its diagonal R[j+1][j])."""
+    if reference.tasks != run.tasks:
+        raise ValueError(
+            f"the reference run {reference.path} has tasks {reference.tasks}, "
+            f"the run {run.path} has {run.tasks}: they must be the same, in the same order"
+        )
+    return [reference.matrix[j + 1][j] for j in range(len(reference.tasks))]
+
+
+def format_value(value: float | None, signed: bool) -> str:
+    """Three decimals, "+" on positive differences, "n/a" for None."""
+    if value is None:
+        return "n/a"
+    value = round(value, 3) + 0.0  # + 0.0 turns a rounded -0.0 into 0.0: no "-0.000"
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def _columns(reference: RunData | None) -> tuple[Column, ...]:
+    return (*COLUMNS, INTRANSIGENCE) if reference is not None else COLUMNS
+
+
+def _intransigence_missing(run: RunData, reference: RunData) -> str | None:
+    """Why intransigence is None: the first task whose S_j or R[j+1][j] was not evaluated."""
+    for j, (task, score) in enumerate(zip(run.tasks, reference_scores(reference, run))):
+        if score is None:
+            return f"the reference's R[{j + 1}][{j}] ({task} after stage {j + 1}) was not evaluated"
+        if run.matrix[j + 1][j] is None:
+            return f"R[{j + 1}][{j}] ({task} after stage {j + 1}) was not evaluated"
+    return None

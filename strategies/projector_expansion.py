@@ -1,0 +1,214 @@
+"""Projector expansion after EProj (He et al. 2023, arXiv 2311.16206).
+
+Each task gets its own input projector, initialised from the previous task's (task 0
+tunes the pre-trained one); the older projectors are frozen. After each task two keys
+are stored for it: an image key (from the encoder's features) and an instruction key
+(from the backbone's input embeddings of the instruction's words). At evaluation every
+sample is sent to the projector whose keys are most similar to its own features, so no
+task id is needed; ``oracle: true`` uses the task id instead.
+
+EProj trains each key to maximise its cosine similarity to the task's features. That
+objective, Σ_i cos(k, f_i), has a closed-form maximiser, the direction of Σ_i f_i/|f_i|,
+so the keys here are computed in one pass over the task's training data (summed over DDP
+ranks) instead of by gradient steps.
+
+The routing features come from the encoder and the backbone's embeddings, so both should
+stay frozen during the tasks (as EProj keeps them): keys stored after task 1 are compared
+with features of a later model. Composed with replay, the keys of a task would also see
+the replayed samples; put this strategy first or use it alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from torch import nn
+
+from contmm.data import IGNORE_INDEX
+from contmm.strategy import Strategy
+
+
+def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The encoder's features averaged over the image tokens: (batch, encoder width)."""
+    return model.encoder(pixel_values).mean(1)
+
+
+def instruction_features(model, batch: dict) -> torch.Tensor:
+    """The mean input embedding of the instruction's words: no image, padding or answer tokens."""
+    input_ids = batch["input_ids"]
+    words = batch["attention_mask"].bool() & (input_ids != model.image_token_id)
+    if "labels" in batch:
+        words &= batch["labels"] == IGNORE_INDEX
+    embeds = model.backbone.lm.get_input_embeddings()(input_ids).float()
+    return (embeds * words.unsqueeze(-1)).sum(1) / words.sum(1, keepdim=True).clamp(min=1)
+
+
+class ExpandedProjector(nn.Module):
+    """The input projectors of all tasks so far and their keys.
+
+    With ``instruction`` unset it applies the ``active`` projector (training, oracle
+    routing). With ``instruction`` set to the batch's instruction features it routes each
+    sample by key similarity and keeps the choices in ``last_route``.
+    """
+
+    def __init__(self, first: nn.Module, image_width: int, text_width: int, image_weight: float) -> None:
+        super().__init__()
+        self.image_weight = image_weight
+        self.projectors = nn.ModuleList([first])
+        self.register_buffer("image_keys", torch.zeros(0, image_width))
+        self.register_buffer("instruction_keys", torch.zeros(0, text_width))
+        self.active = 0
+        self.instruction: torch.Tensor | None = None
+        self.last_route: torch.Tensor | None = None
+
+    def add_keys(self, image_key: torch.Tensor, instruction_key: torch.Tensor) -> None:
+        self.image_keys = torch.cat([self.image_keys, image_key[None].to(self.image_keys)])
+        self.instruction_keys = torch.cat(
+            [self.instruction_keys, instruction_key[None].to(self.instruction_keys)]
+        )
+
+    def route(self, features: torch.Tensor) -> torch.Tensor:
+        """The task whose keys are most similar to each sample's image and instruction."""
+        image = F.normalize(features.mean(1).float(), dim=-1) @ self.image_keys.T
+        instruction = F.normalize(self.instruction.float(), dim=-1) @ self.instruction_keys.T
+        return (self.image_weight * image + instruction).argmax(1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.instruction is None:
+            return self.projectors[self.active](features)
+        route = self.last_route = self.route(features)
+        parts, order = [], []
+        for task in route.unique().tolist():
+            samples = (route == task).nonzero().squeeze(1)
+            parts.append(self.projectors[task](features[samples]))
+            order.append(samples)
+        return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+
+class ProjectorExpansion(Strategy):
+    """Args:
+    oracle: route by the task id instead of the keys (task-incremental evaluation).
+    image_weight: weight of the image similarity against the instruction similarity's 1
+        (EProj sums the two). Tasks whose images come from one distribution give the image
+        keys nothing to tell apart: 0 routes by the instruction alone.
+    key_batches: training batches (per rank) the task's keys are computed from; None: all.
+    """
+
+    def __init__(
+        self, oracle: bool = False, image_weight: float = 1.0, key_batches: int | None = None
+    ) -> None:
+        self.oracle, self.image_weight, self.key_batches = oracle, image_weight, key_batches
+        self.model = None
+        self.task_names: list[str] = []
+        self.correct: dict[int, int] = {}
+        self.total: dict[int, int] = {}
+
+    def setup(self, model, stream) -> None:
+        if model.cfg.input_projector.freeze:
+            raise ValueError(
+                "ProjectorExpansion trains one input projector per task: set "
+                "`model.input_projector.freeze: false`"
+            )
+        self.model, self.task_names = model, stream.task_names
+        model.input_projector = ExpandedProjector(
+            model.input_projector, model.encoder.hidden_size, model.backbone.hidden_size, self.image_weight
+        )
+
+    def before_task(self, model, task_id) -> None:
+        expanded = model.input_projector
+        while len(expanded.projectors) <= task_id:
+            expanded.projectors.append(copy.deepcopy(expanded.projectors[-1]))
+        for task, projector in enumerate(expanded.projectors):
+            projector.requires_grad_(task == task_id)
+        expanded.active = task_id
+
+    @torch.no_grad()
+    def after_task(self, model, task_id, dataloader) -> None:
+        expanded = model.input_projector
+        if len(expanded.image_keys) != task_id:
+            raise RuntimeError(
+                f"keys of task {task_id} computed after {len(expanded.image_keys)} tasks' keys"
+            )
+        device = expanded.image_keys.device
+        image_sum = torch.zeros(expanded.image_keys.shape[1], device=device)
+        instruction_sum = torch.zeros(expanded.instruction_keys.shape[1], device=device)
+        for i, batch in enumerate(dataloader):
+            if i == self.key_batches:
+                break
+            batch = move_data_to_device(batch, device)
+            image_sum += F.normalize(image_features(model, batch["pixel_values"]).float(), dim=-1).sum(0)
+            instruction_sum += F.normalize(instruction_features(model, batch), dim=-1).sum(0)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(image_sum)
+            dist.all_reduce(instruction_sum)
+        expanded.add_keys(F.normalize(image_sum, dim=0), F.normalize(instruction_sum, dim=0))
+
+    @contextmanager
+    def eval_context(self, model, task_id, batch=None):
+        expanded = model.input_projector
+        seen = len(expanded.image_keys)
+        if seen == 0 or self.oracle or batch is None:
+            # Before any task there is one projector; the oracle takes the task's own, or
+            # for a task not tuned yet the latest one.
+            active = expanded.active
+            expanded.active = min(task_id, len(expanded.projectors) - 1) if self.oracle else active
+            try:
+                yield
+            finally:
+                expanded.active = active
+            return
+        expanded.instruction = instruction_features(model, batch)
+        try:
+            yield
+        finally:
+            expanded.instruction = None
+        if task_id < seen:  # a task not tuned yet has no right projector to be routed to
+            route = expanded.last_route
+            self.correct[task_id] = self.correct.get(task_id, 0) + int((route == task_id).sum())
+            self.total[task_id] = self.total.get(task_id, 0) + len(route)
+
+    def state_dict(self) -> dict:
+        expanded = self.model.input_projector if self.model is not None else None
+        if expanded is None:
+            return {}
+        return {
+            "projectors": len(expanded.projectors),
+            "image_keys": expanded.image_keys.cpu(),
+            "instruction_keys": expanded.instruction_keys.cpu(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Give the model as many projectors and keys as the saved run had (needs ``setup``);
+        their weights come with the model's state dict."""
+        if not state:
+            return
+        expanded = self.model.input_projector
+        while len(expanded.projectors) < state["projectors"]:
+            expanded.projectors.append(copy.deepcopy(expanded.projectors[-1]))
+        expanded.image_keys = state["image_keys"].to(expanded.image_keys)
+        expanded.instruction_keys = state["instruction_keys"].to(expanded.instruction_keys)
+        expanded.active = state["projectors"] - 1
+
+    def evaluation_report(self) -> dict:
+        """Routing accuracy per tuned task in the evaluation just finished, summed over ranks."""
+        if self.oracle or self.model is None:
+            return {"routing": "oracle"} if self.oracle else {}
+        tasks = range(len(self.task_names))
+        device = self.model.input_projector.image_keys.device
+        counts = torch.tensor(
+            [[self.correct.get(t, 0) for t in tasks], [self.total.get(t, 0) for t in tasks]], device=device
+        )
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        self.correct, self.total = {}, {}
+        accuracy = {
+            self.task_names[t]: counts[0, t].item() / counts[1, t].item() for t in tasks if counts[1, t]
+        }
+        if not accuracy:
+            return {}
+        return {"routing_accuracy": accuracy, "mean_routing_accuracy": sum(accuracy.values()) / len(accuracy)}

@@ -1,0 +1,370 @@
+"""A stream of tasks read from LLaVA / CoIN style files: conversations to train on, questions to test.
+
+Training files hold LLaVA conversations (a JSON list, or one JSON object per line)::
+
+    {"id": "x1", "image": "coco/1.jpg",
+     "conversations": [{"from": "human", "value": "<image>\\nWhat is on the table?"},
+                       {"from": "gpt", "value": "a cup"}]}
+
+The first ``human`` turn is the question and the ``gpt`` turn right after it the answer; any
+later turns of a multi-turn conversation are left out (one sample per record).
+
+Test files hold CoIN records, or conversations as above::
+
+    {"question_id": 7, "image": "coco/2.jpg", "text": "What colour is the bus?", "answer": ["red", "red"]}
+
+``answer`` is a string or a list of strings (VQA annotators). CoIN writes test questions
+without the ``<image>`` placeholder and puts the image first, so a CoIN question without one
+gets ``"<image>\\n"`` in front. Conversations always come from LLaVA data, where the
+placeholder marks where the image goes; a conversation without one is an error unless
+``require_image_token`` is false.
+
+Every file is read and checked in the constructor (fields, shapes, answers, image paths,
+and that every image opens), so a bad record stops a run before any training with a message
+that names the file, the record and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from contmm.scoring import extract_choice, get_scorer
+from contmm.stream import Task, TaskStream
+from contmm.tokenizer import IMAGE_TOKEN
+
+# Problems listed per file: enough to see a pattern, few enough to read.
+MAX_PROBLEMS = 5
+
+
+@dataclass
+class TaskFiles:
+    """One task of a LLaVA stream.
+
+    Args:
+        name: the task's name in results, predictions and plots.
+        train: training conversations (a JSON list or JSON lines), relative to the current directory.
+        test: test records (CoIN ``question_id``/``text``/``answer`` or conversations).
+        scorer: the test scorer: exact_match, vqa_accuracy, multiple_choice or contains.
+    """
+
+    name: str
+    train: str
+    test: str
+    scorer: str = "exact_match"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One checked record: its id, the resolved image path, the question and the answer(s)."""
+
+    id: str | int
+    image: Path
+    question: str
+    answer: str | list[str]
+
+
+class LLaVADataset(Dataset):
+    """Samples of one split; images are opened on access."""
+
+    def __init__(self, samples: list[Sample]) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def text(self, index: int) -> dict:
+        """The sample without its image (cheap): id, question and answer."""
+        sample = self.samples[index]
+        return {"id": sample.id, "question": sample.question, "answer": sample.answer}
+
+    def __getitem__(self, index: int) -> dict:
+        with Image.open(self.samples[index].image) as image:
+            return {**self.text(index), "image": image.convert("RGB")}
+
+
+class RecordError(Exception):
+    """A problem in one record; the file reader says which record it is."""
+
+
+def _describe(value: object) -> str:
+    """A short account of a JSON value for an error message."""
+    text = repr(value)
+    return f"{_json_type(value)} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return names.get(type(value), "null" if value is None else type(value).__name__)
+
+
+def _field(record: dict, key: str, hint: str = "") -> object:
+    if key not in record:
+        raise RecordError(f"missing field {key!r}{hint}")
+    return record[key]
+
+
+def _string(record: dict, key: str, hint: str = "") -> str:
+    value = _field(record, key, hint)
+    if not isinstance(value, str):
+        raise RecordError(f"field {key!r}: expected a string, got {_describe(value)}")
+    return value
+
+
+def _record_id(record: dict, key: str) -> str | int:
+    value = _field(record, key)
+    if not _is_id(value):
+        raise RecordError(f"field {key!r}: expected a string or integer id, got {_describe(value)}")
+    return value
+
+
+def _is_id(value: object) -> bool:
+    # bool is an int in Python but never an id.
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
+def _conversation(record: dict) -> tuple[str, str]:
+    """The first human turn and the gpt turn right after it."""
+    turns = _field(record, "conversations")
+    if not isinstance(turns, list):
+        raise RecordError(f"field 'conversations': expected a list of turns, got {_describe(turns)}")
+    for i, turn in enumerate(turns):
+        if not (
+            isinstance(turn, dict)
+            and isinstance(turn.get("from"), str)
+            and isinstance(turn.get("value"), str)
+        ):
+            raise RecordError(
+                f"field 'conversations', turn {i}: expected an object with string 'from' and 'value', "
+                f"got {_describe(turn)}"
+            )
+    human = next((i for i, turn in enumerate(turns) if turn["from"] == "human"), None)
+    if human is None:
+        raise RecordError("field 'conversations': no turn from 'human'")
+    if human + 1 == len(turns) or turns[human + 1]["from"] != "gpt":
+        raise RecordError(f"field 'conversations': the human turn {human} is not followed by a 'gpt' answer")
+    answer = turns[human + 1]["value"]
+    if not answer.strip():
+        raise RecordError(f"field 'conversations': the gpt answer in turn {human + 1} is empty")
+    return turns[human]["value"], answer
+
+
+def _references(record: dict) -> str | list[str]:
+    """A CoIN record's answer: one string or a non-empty list of them, none empty."""
+    answer = _field(record, "answer")
+    references = [answer] if isinstance(answer, str) else answer
+    if not (isinstance(references, list) and references and all(isinstance(a, str) for a in references)):
+        raise RecordError(
+            f"field 'answer': expected a string or a non-empty list of strings, got {_describe(answer)}"
+        )
+    if not all(reference.strip() for reference in references):
+        raise RecordError(f"field 'answer': empty answer in {_describe(answer)}")
+    return answer
+
+
+def _with_image_token(question: str, prepend: bool, field: str) -> str:
+    """The question (from ``field``) with exactly one ``<image>``; ``prepend`` puts a missing one in front."""
+    count = question.count(IMAGE_TOKEN)
+    if count > 1:
+        raise RecordError(
+            f"{field}: the question holds {count} {IMAGE_TOKEN} placeholders, expected one: {question!r}"
+        )
+    if count == 1:
+        return question
+    if not prepend:
+        raise RecordError(
+            f"{field}: the question has no {IMAGE_TOKEN} placeholder: {question!r} "
+            "(require_image_token: false puts one in front)"
+        )
+    return f"{IMAGE_TOKEN}\n{question}"
+
+
+def _load_records(path: Path, label: str) -> list[tuple[str, object]]:
+    """The records of a JSON list (the file starts with ``[``) or of a JSON-lines file, each
+    with where it is (for messages)."""
+    try:
+        # utf-8-sig: a byte-order mark, which some editors write, is not a JSON error.
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"{label}: file not found (looked at {path.resolve()})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{label}: cannot read the file: {error}") from None
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{label}: not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
+            ) from None
+        return [(f"record {i}", record) for i, record in enumerate(records)]
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((f"record {len(records)} at line {number}", json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise ValueError(_json_lines_error(text, label, number, error)) from None
+    return records
+
+
+def _json_lines_error(text: str, label: str, number: int, error: json.JSONDecodeError) -> str:
+    """The message for a line that is not JSON: a whole file of other JSON says what it holds."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        return f"{label}: not valid JSON lines: {error.msg} at line {number}, column {error.colno}"
+    found = _json_type(whole)
+    return f"{label}: expected a JSON list of records or one JSON object per line, found one JSON {found}"
+
+
+class _Reader:
+    """Reads and checks the files of a stream; each image is verified once, however often it is named."""
+
+    def __init__(self, image_root: Path, require_image_token: bool, max_samples: int | None) -> None:
+        self.image_root = image_root
+        self.require_image_token = require_image_token
+        self.max_samples = max_samples
+        self.image_problems: dict[Path, str | None] = {}
+
+    def task(self, files: TaskFiles) -> Task:
+        """The task ``files`` name, both splits read and checked."""
+        label = f"task {files.name!r}"
+        return Task(
+            name=files.name,
+            train=self.read(
+                files.train, f"{label} train file {files.train}", test=False, scorer=files.scorer
+            ),
+            test=self.read(files.test, f"{label} test file {files.test}", test=True, scorer=files.scorer),
+            scorer=files.scorer,
+        )
+
+    def read(self, file: str, label: str, test: bool, scorer: str) -> LLaVADataset:
+        """The samples of ``file``; every bad record (up to :data:`MAX_PROBLEMS`) in one ValueError."""
+        # Only the records a run uses are checked, so a quick run on a huge file stays quick.
+        records = _load_records(Path(file), label)[: self.max_samples]
+        samples, problems = [], []
+        for where, record in records:
+            try:
+                samples.append(self._sample(record, test, scorer))
+            except RecordError as error:
+                problems.append(f"{where}{_id_note(record)}: {error}")
+        if problems:
+            shown = "\n".join(f"  {problem}" for problem in problems[:MAX_PROBLEMS])
+            more = f" (the first {MAX_PROBLEMS} shown)" if len(problems) > MAX_PROBLEMS else ""
+            raise ValueError(f"{label}: {len(problems)} invalid record(s){more}:\n{shown}")
+        if not samples:
+            raise ValueError(f"{label}: no samples (the file holds no records)")
+        return LLaVADataset(samples)
+
+    def _sample(self, record: object, test: bool, scorer: str) -> Sample:
+        if not isinstance(record, dict):
+            raise RecordError(f"expected a JSON object, got {_describe(record)}")
+        if test and "conversations" not in record:
+            record_id = _record_id(record, "question_id")
+            hint = " (test records hold 'text' and 'answer', or 'conversations')"
+            question = _with_image_token(_string(record, "text", hint), True, "field 'text'")
+            answer = _references(record)
+        else:
+            record_id = _record_id(record, "id")
+            question, answer = _conversation(record)
+            field = "field 'conversations', first human turn"
+            question = _with_image_token(question, not self.require_image_token, field)
+        if test and scorer == "multiple_choice":
+            # Checked now: the scorer would otherwise fail at the first evaluation, after training.
+            for reference in [answer] if isinstance(answer, str) else answer:
+                if extract_choice(reference) is None:
+                    raise RecordError(f"answer {reference!r} names no option letter (scorer multiple_choice)")
+        return Sample(record_id, self._image(record), question, answer)
+
+    def _image(self, record: dict) -> Path:
+        """The record's image, resolved inside the image root and checked to open."""
+        name = _field(record, "image")
+        if not isinstance(name, str) or not name:
+            raise RecordError(f"field 'image': expected a relative path, got {_describe(name)}")
+        if PurePath(name).is_absolute():
+            raise RecordError(f"field 'image': {name!r} is absolute; paths are relative to image_root")
+        # resolve() follows symlinks, so a link out of the root is caught like "../".
+        path = (self.image_root / name).resolve()
+        if not path.is_relative_to(self.image_root):
+            raise RecordError(
+                f"field 'image': {name!r} resolves to {path}, outside image_root {self.image_root}"
+            )
+        if path not in self.image_problems:
+            self.image_problems[path] = _image_problem(path)
+        if self.image_problems[path]:
+            raise RecordError(f"field 'image': {self.image_problems[path]}")
+        return path
+
+
+def _image_problem(path: Path) -> str | None:
+    """Why the image at ``path`` cannot be used, or None; reads the header and checks the data."""
+    if not path.is_file():
+        return f"no image file at {path}"
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return f"{path} is not a readable image ({error})"
+    return None
+
+
+def _id_note(record: object) -> str:
+    """`` (id ...)`` for a record that has a usable id, to find it in the file."""
+    if not isinstance(record, dict):
+        return ""
+    record_id = record.get("id", record.get("question_id"))
+    return f" (id {record_id!r})" if _is_id(record_id) else ""
+
+
+class LLaVAStream(TaskStream):
+    """Tasks read from LLaVA conversation files (training) and CoIN question files (test).
+
+    Every file and image is checked here, before any training (see the module's docstring).
+
+    Args:
+        tasks: the instruction tasks in stream order, each ``{name, train, test, scorer}``.
+        image_root: the folder the records' ``image`` paths are relative to; no path may leave it.
+        pretrain: training conversations for MM pre-training (alignment); none: no pre-training task.
+        max_samples: use (and check) only the first this many records of every file; none: all.
+        require_image_token: a conversation without ``<image>`` is an error; false puts one in front.
+    """
+
+    def __init__(
+        self,
+        tasks: list[TaskFiles],
+        image_root: str,
+        pretrain: str | None = None,
+        max_samples: int | None = None,
+        require_image_token: bool = True,
+    ) -> None:
+        _check_settings(tasks, image_root, max_samples)
+        reader = _Reader(Path(image_root).resolve(), require_image_token, max_samples)
+        self.tasks = [reader.task(files) for files in tasks]
+        if pretrain is not None:
+            train = reader.read(pretrain, f"pretrain file {pretrain}", test=False, scorer="exact_match")
+            # The pre-training task is never evaluated, but a Task needs a test split.
+            self.pretrain_task = Task(name="pretrain", train=train, test=train)
+
+
+def _check_settings(tasks: list[TaskFiles], image_root: str, max_samples: int | None) -> None:
+    """The checks that need no file read: they fail fastest."""
+    if not tasks:
+        raise ValueError("LLaVAStream: tasks is empty; give at least one {name, train, test}")
+    names = [task.name for task in tasks]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"LLaVAStream: duplicate task name(s) {duplicates}; task names must be unique")
+    for task in tasks:
+        try:
+            get_scorer(task.scorer)
+        except ValueError as error:
+            raise ValueError(f"task {task.name!r}: {error}") from None
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"LLaVAStream: max_samples must be at least 1, got {max_samples}")
+    if not Path(image_root).is_dir():
+        raise ValueError(f"LLaVAStream: image_root {image_root} is not a directory")

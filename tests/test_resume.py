@@ -1,0 +1,231 @@
+"""Resuming after a crash, starting over, determinism, and what a crash leaves behind."""
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from contmm.cli import main
+from contmm.module import ContinualModule
+from contmm.strategy import Strategy
+from tests.conftest import TINY_RUN
+from tests.test_cli import REPO
+
+# Three tasks, with the two strategies whose state a resume must carry: replay memory and
+# the EWC Fisher and anchors.
+RUN = [
+    *TINY_RUN,
+    "--stream.init_args.tasks",
+    "[colour, shape, count]",
+    "--strategies",
+    (
+        "[{class_path: strategies.replay.Replay, init_args: {memory_size: 8}},"
+        " {class_path: strategies.ewc.EWC, init_args: {ewc_lambda: 100.0, fisher_batches: 2}}]"
+    ),
+]
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def fit(out, *extra):
+    main(["fit", *RUN, "--output_dir", str(out), *extra])
+    return json.loads((out / "results.json").read_text())
+
+
+def files(out, pattern):
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.glob(pattern)) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    main(["fit", *RUN, "--output_dir", str(out)])
+    return out
+
+
+def crash_in_stage_3(monkeypatch):
+    training_step = ContinualModule.training_step
+
+    def crashing(self, batch, batch_idx):
+        if self.task_id == 2:
+            raise RuntimeError("injected crash in stage 3")
+        return training_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ContinualModule, "training_step", crashing)
+
+
+def test_a_run_interrupted_in_stage_3_resumes_and_gives_the_uninterrupted_matrix(
+    tmp_path, monkeypatch, uninterrupted
+):
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        crash_in_stage_3(patch)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            main(["fit", *RUN, "--output_dir", str(out)])
+    # What the crash left: the first two stages, whole.
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["stages_completed"] == 2 and partial["matrix"][3] == [None, None, None]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["stage_2"]
+    before = files(out, "predictions/stage_[012]/*.jsonl")
+    assert len(before) == 3 * 3 - 1  # row 1 of the lower matrix leaves count out
+
+    resumed = fit(out)
+    expected = json.loads((uninterrupted / "results.json").read_text())
+    assert resumed["matrix"] == expected["matrix"]
+    assert resumed["metrics"] == expected["metrics"]
+    assert files(out, "predictions/**/*.jsonl") == files(uninterrupted, "predictions/**/*.jsonl")
+    # The resumed run's CSV of scores holds every stage, the restored ones too.
+    logged = (out / "logs/csv/scores/metrics.csv").read_text().splitlines()
+    assert sorted(line.split(",")[-1] for line in logged[1:]) == ["0", "1", "2", "3"]
+
+
+def test_the_same_config_and_seed_give_the_same_results(tmp_path, uninterrupted):
+    again = fit(tmp_path / "again")
+    expected = json.loads((uninterrupted / "results.json").read_text())
+    assert again["matrix"] == expected["matrix"]
+    assert files(tmp_path / "again", "predictions/**/*.jsonl") == files(
+        uninterrupted, "predictions/**/*.jsonl"
+    )
+
+
+def test_a_finished_run_is_not_rerun(tmp_path, uninterrupted, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(uninterrupted, out)
+    before = files(out, "**/*")
+    assert fit(out)["stages_completed"] == 3
+    assert "all 3 stages are complete" in capsys.readouterr().out
+    assert files(out, "predictions/**/*") == {
+        k: v for k, v in before.items() if str(k).startswith("predictions")
+    }
+
+
+def _error(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args])
+    assert exit_info.value.code != 0
+    message = capsys.readouterr().err
+    assert "Traceback" not in message
+    return message
+
+
+def test_another_config_in_a_run_directory_is_refused_and_resume_false_starts_over(
+    tmp_path, uninterrupted, capsys
+):
+    out = tmp_path / "copy"
+    shutil.copytree(uninterrupted, out)
+    kept = files(out, "**/*")
+    message = _error(capsys, *RUN, "--output_dir", str(out), "--optimizer.lr", "0.01")
+    assert "optimizer.lr: 0.001 there, 0.01 now" in message and "--resume false" in message
+    assert files(out, "**/*") == kept  # nothing touched
+
+    results = fit(out, "--optimizer.lr", "0.01", "--resume", "false")
+    assert results["stages_completed"] == 3 and results["config"]["optimizer"]["lr"] == 0.01
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["stage_3"]
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("code ran while loading a checkpoint",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, uninterrupted, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(uninterrupted, out)
+    (out / "results.json").unlink()
+    checkpoint = out / "checkpoints/stage_3"
+    (checkpoint / "strategies.pt").write_bytes(pickle.dumps({"state": Exploit()}))
+    message = _error(capsys, *RUN, "--output_dir", str(out))
+    assert "cannot load the checkpoint" in message and "stage_3" in message
+    assert "code ran" not in capsys.readouterr().out
+
+
+class NaNPenalty(Strategy):
+    """A penalty that turns the loss into NaN from the second task on."""
+
+    def penalty(self, model, batch, outputs):
+        return torch.tensor(float("nan")) if self.task_id else None
+
+    def before_task(self, model, task_id):
+        self.task_id = task_id
+
+
+def test_a_nan_loss_stops_the_run_naming_the_stage_and_step_and_keeps_the_completed_stages(tmp_path, capsys):
+    out = tmp_path / "nan"
+    strategies = "[{class_path: tests.test_resume.NaNPenalty}]"
+    message = _error(capsys, *TINY_RUN, "--output_dir", str(out), "--strategies", strategies)
+    assert "stage 2 (task 1): the loss is nan at step 0" in message
+    results = json.loads((out / "results.json").read_text())
+    assert results["stages_completed"] == 1 and results["matrix"][1][0] is not None
+
+
+def test_a_two_process_ddp_run_killed_between_stages_resumes_and_scores_each_sample_once(tmp_path):
+    """Replay + EWC under 2-process CPU DDP: killed before task 1, then run again."""
+    out = tmp_path / "ddp"
+    strategies = (
+        "[{class_path: strategies.replay.Replay, init_args: {memory_size: 8}},"
+        " {class_path: strategies.ewc.EWC, init_args: {fisher_batches: 2}},"
+        " {class_path: tests.probes.CrashBeforeTask}]"
+    )
+    command = [
+        sys.executable, "-m", "contmm.cli", "fit", *TINY_RUN, "--output_dir", str(out),
+        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--strategies", strategies,
+    ]  # fmt: skip
+
+    def run(**env):
+        return subprocess.run(
+            command,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={**os.environ, **env},
+        )
+
+    killed = run(CONTMM_CRASH_AT_TASK="1")
+    assert killed.returncode != 0 and "injected crash before task 1" in killed.stderr
+    assert json.loads((out / "results.json").read_text())["stages_completed"] == 1
+
+    resumed = run()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after stage 1 of 2" in resumed.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["stages_completed"] == 2 and results["env"]["world_size"] == 2
+    assert all(v is not None for row in results["matrix"] for v in row)
+    for stage in range(3):
+        for task in ("colour", "shape"):
+            ids = [
+                json.loads(line)["id"] for line in (out / f"predictions/stage_{stage}/{task}.jsonl").open()
+            ]
+            assert sorted(ids) == sorted(f"{task}-test-{i}" for i in range(9))
+
+
+@pytest.mark.parametrize("config", ["lora_per_task", "projector_expansion", "single_task", "joint"])
+def test_strategies_that_add_structure_resume_to_the_uninterrupted_matrix(tmp_path, monkeypatch, config):
+    """Adapters, projectors and keys, and the starting weights are rebuilt from the checkpoint."""
+    run = [*TINY_RUN, "--config", f"experiments/{config}.yaml"]
+    main(["fit", *run, "--output_dir", str(tmp_path / "whole")])
+    training_step = ContinualModule.training_step
+
+    def crashing(self, batch, batch_idx):
+        if self.task_id == 1:
+            raise RuntimeError("injected crash in stage 2")
+        return training_step(self, batch, batch_idx)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ContinualModule, "training_step", crashing)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            main(["fit", *run, "--output_dir", str(tmp_path / "resumed")])
+    main(["fit", *run, "--output_dir", str(tmp_path / "resumed")])
+    whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "resumed"))
+    assert resumed["matrix"] == whole["matrix"]
+    assert resumed["strategy_reports"] == whole["strategy_reports"]
+    assert files(tmp_path / "resumed", "predictions/**/*") == files(tmp_path / "whole", "predictions/**/*")
