@@ -8,6 +8,10 @@
 - ``state.json``: the stage, the matrix rows so far, the strategies' reports and the
   resolved config the run was started with.
 
+While stage i+1 trains, Lightning's ``last.ckpt`` (after each epoch) sits in
+``checkpoints/stage_<i+1>_in_progress/``, so an interrupted stage goes on from its last
+finished epoch.
+
 A checkpoint is written to a temporary directory and renamed into place, so a crash
 leaves either the whole of it or none; only the newest is kept. Tensors load with
 ``torch.load(weights_only=True)``: a checkpoint cannot run code.
@@ -51,6 +55,12 @@ def save_checkpoint(
     for older in root.glob("stage_*"):
         if older != final:
             shutil.rmtree(older)
+
+
+def in_progress_dir(run_path: Path, stage: int) -> Path:
+    """Where Lightning keeps ``last.ckpt`` of a stage that is being trained; removed when the
+    stage's own checkpoint is written."""
+    return run_path / CHECKPOINTS / f"stage_{stage}_in_progress"
 
 
 def latest_checkpoint(run_path: Path) -> Path | None:

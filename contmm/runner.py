@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from contmm.checkpoint import (
     Checkpoint,
     config_difference,
+    in_progress_dir,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -103,7 +106,7 @@ class ContinualRun:
             TensorBoardLogger(self.run.logs, name="tensorboard", version="scores"),
         ]
 
-    def new_trainer(self, stage: str, **overrides: Any) -> L.Trainer:
+    def new_trainer(self, stage: str, in_progress: Path | None = None, **overrides: Any) -> L.Trainer:
         loggers = [
             CSVLogger(self.run.logs, name="csv", version=stage),
             TensorBoardLogger(self.run.logs, name="tensorboard", version=stage),
@@ -111,7 +114,12 @@ class ContinualRun:
         # The data module shards evaluation itself (no padding duplicates) and seeds the
         # training sampler; Lightning's sampler replacement would undo both.
         settings = {**self.trainer_settings, **overrides, "use_distributed_sampler": False}
-        return L.Trainer(**settings, logger=loggers, default_root_dir=self.run.path)
+        callbacks = list(settings.pop("callbacks", None) or [])
+        if in_progress is not None and settings.get("enable_checkpointing", True):
+            # Lightning's last.ckpt after every epoch of a stage: an interrupted stage goes on
+            # from its last finished epoch instead of from its start.
+            callbacks.append(ModelCheckpoint(dirpath=in_progress, filename="last", enable_version_counter=False))
+        return L.Trainer(**settings, callbacks=callbacks, logger=loggers, default_root_dir=self.run.path)
 
     def stage_data(self, train=None, evaluate: list[int] = ()) -> StageData:
         return StageData(
@@ -153,9 +161,13 @@ class ContinualRun:
             self.model.set_trainable(self.model.configured_trainable())
             self.strategies.before_task(self.model, task_id)
             self.module.task_id = task_id
-            trainer = self.new_trainer(f"stage_{task_id + 1}")
+            in_progress = in_progress_dir(self.run.path, task_id + 1)
+            last = in_progress / "last.ckpt" if (in_progress / "last.ckpt").is_file() else None
+            if last is not None and self.run.is_writer():
+                print(f"{self.run.path}: stage {task_id + 1} goes on from {last}")
+            trainer = self.new_trainer(f"stage_{task_id + 1}", in_progress=in_progress)
             train = self.strategies.train_data(task_id, experience.dataset)
-            trainer.fit(self.module, datamodule=self.stage_data(train))
+            trainer.fit(self.module, datamodule=self.stage_data(train), ckpt_path=last, weights_only=True)
             self.evaluate(trainer, task_id + 1)
         if self.run.is_writer():
             print("\n" + summary_table(self.stream.task_names, self.matrix, compute_metrics(self.matrix)))

@@ -99,3 +99,22 @@ def test_set_trainable_freezes_every_other_component(model):
     assert not any(p.requires_grad for p in model.backbone.parameters())
     with pytest.raises(ValueError, match="projector"):
         model.set_trainable(["projector"])
+
+
+def test_a_checkpoint_that_ships_its_own_code_is_refused_unless_trusted(model, stream, tmp_path):
+    """trust_remote_code is off by default: a repository's own modelling code never runs."""
+    marker = tmp_path / "code_ran"
+    repo = tmp_path / "custom"
+    model.tokenizer.save_pretrained(repo)
+    (repo / "config.json").write_text(
+        '{"model_type": "custom_llm", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig",'
+        ' "AutoModelForCausalLM": "modeling_custom.CustomModel"}}'
+    )
+    code = f"open({str(marker)!r}, 'w').write('ran')\n"
+    (repo / "configuration_custom.py").write_text(code)
+    (repo / "modeling_custom.py").write_text(code)
+    cfg = tiny_config()
+    cfg.backbone = BackboneConfig(pretrained=str(repo))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        MMLLM.build(cfg, stream.texts())
+    assert not marker.exists()

@@ -229,3 +229,61 @@ def test_strategies_that_add_structure_resume_to_the_uninterrupted_matrix(tmp_pa
     assert resumed["matrix"] == whole["matrix"]
     assert resumed["strategy_reports"] == whole["strategy_reports"]
     assert files(tmp_path / "resumed", "predictions/**/*") == files(tmp_path / "whole", "predictions/**/*")
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        (["--config", "BROKEN_YAML"], "broken.yaml is not valid YAML"),
+        (["--trainer.max_epoch", "2"], "trainer.max_epoch"),
+        (["--strategies", "[{class_path: strategies.nope.Nope}]"], "strategies.nope.Nope"),
+        (["--data.batch_size", "eight"], "eight"),
+        (["--stream.init_args.tasks", "[colour, size]"], "unknown synthetic task(s) ['size']"),
+        (["--eval.matrix", "upper"], "upper"),
+    ],
+)
+def test_bad_input_is_named_and_leaves_a_run_directorys_completed_stages_untouched(
+    tmp_path, uninterrupted, capsys, bad, named
+):
+    out = tmp_path / "copy"
+    shutil.copytree(uninterrupted, out)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer:\n  max_epochs: [1, 2\n")
+    kept = files(out, "**/*")
+    message = _error(
+        capsys, *RUN, "--output_dir", str(out), *[str(broken) if a == "BROKEN_YAML" else a for a in bad]
+    )
+    assert named in message and message.count("contmm: error:") == 1
+    assert files(out, "**/*") == kept
+
+
+def test_a_stage_interrupted_midway_goes_on_from_lightnings_last_epoch_checkpoint(tmp_path, monkeypatch):
+    """With checkpointing on, a crash in epoch 3 of stage 2 costs only that epoch."""
+    run = [*RUN, "--trainer.max_epochs", "3", "--trainer.enable_checkpointing", "true"]
+    main(["fit", *run, "--output_dir", str(tmp_path / "whole")])
+    training_step = ContinualModule.training_step
+    steps = []
+
+    def counting(self, batch, batch_idx):
+        if self.task_id == 1:
+            steps.append(self.current_epoch)
+        return training_step(self, batch, batch_idx)
+
+    def crashing(self, batch, batch_idx):
+        if self.task_id == 1 and self.current_epoch == 2:
+            raise RuntimeError("injected crash in epoch 3 of stage 2")
+        return training_step(self, batch, batch_idx)
+
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        patch.setattr(ContinualModule, "training_step", crashing)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            main(["fit", *run, "--output_dir", str(out)])
+    assert (out / "checkpoints/stage_2_in_progress/last.ckpt").is_file()
+    with monkeypatch.context() as patch:
+        patch.setattr(ContinualModule, "training_step", counting)
+        main(["fit", *run, "--output_dir", str(out)])
+    assert set(steps) == {2}  # stage 2 went on at its third epoch, not from the first
+    whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "resumed"))
+    assert resumed["matrix"] == whole["matrix"]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["stage_3"]  # in-progress files gone
