@@ -118,7 +118,9 @@ class ContinualRun:
         if in_progress is not None and settings.get("enable_checkpointing", True):
             # Lightning's last.ckpt after every epoch of a stage: an interrupted stage goes on
             # from its last finished epoch instead of from its start.
-            callbacks.append(ModelCheckpoint(dirpath=in_progress, filename="last", enable_version_counter=False))
+            callbacks.append(
+                ModelCheckpoint(dirpath=in_progress, filename="last", enable_version_counter=False)
+            )
         return L.Trainer(**settings, callbacks=callbacks, logger=loggers, default_root_dir=self.run.path)
 
     def stage_data(self, train=None, evaluate: list[int] = ()) -> StageData:
