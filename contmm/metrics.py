@@ -53,6 +53,14 @@ PER_TASK: dict[str, PerTaskMetric] = {
 }
 
 
+def tasks_to_evaluate(stage: int, num_tasks: int, mode: str) -> list[int]:
+    """The columns of row ``stage`` that are scored: all of them (``full``), or (``lower``)
+    all at row 0 and at the last row, else the tasks tuned so far and the next one."""
+    if mode == "full" or stage in (0, num_tasks):
+        return list(range(num_tasks))
+    return list(range(stage + 1))
+
+
 def _check(R: Matrix) -> int:
     if not R or len(R) != len(R[0]) + 1:
         rows, cols = len(R), len(R[0]) if R else 0
@@ -168,11 +176,20 @@ def why_missing(R: Matrix, tasks: Sequence[str]) -> dict[str, str]:
     return reasons
 
 
-def metric_details(R: Matrix, tasks: Sequence[str]) -> dict:
-    """Per-task terms by task name, the seen-task average after each stage, and why each
-    missing metric is missing."""
+def metric_details(R: Matrix, tasks: Sequence[str], reference: Sequence[float | None] | None = None) -> dict:
+    """Per-task terms by task name (intransigence too, given the reference scores S_j), the
+    seen-task average after each stage, and why each missing metric is missing."""
+    per_task_terms = {name: per_task(R, name) for name in PER_TASK}
+    if reference is not None:
+        per_task_terms["intransigence"] = intransigence_per_task(R, reference)
+    reasons = why_missing(R, tasks)
+    if reference is not None and None in per_task_terms["intransigence"].values():
+        j = next(j for j, v in per_task_terms["intransigence"].items() if v is None)
+        reasons["intransigence"] = f"no reference score or R[{j + 1}][{j}] for {tasks[j]}"
     return {
-        "per_task_metrics": {name: {tasks[j]: v for j, v in per_task(R, name).items()} for name in PER_TASK},
+        "per_task_metrics": {
+            name: {tasks[j]: v for j, v in terms.items()} for name, terms in per_task_terms.items()
+        },
         "stage_averages": stage_averages(R),
-        "missing_metrics": why_missing(R, tasks),
+        "missing_metrics": reasons,
     }

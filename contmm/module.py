@@ -47,11 +47,14 @@ class EvalConfig:
     max_new_tokens: the longest answer generated.
     matrix: ``full`` scores every task after every stage; ``lower`` scores row 0, the
         tasks tuned so far and the next one: exactly the cells every metric needs.
+    reference: a single-task reference run directory (``experiments/single_task.yaml``)
+        with the same tasks: its diagonal is S_j, and the metrics gain intransigence.
     """
 
     batch_size: int = 64
     max_new_tokens: int = 8
     matrix: Literal["full", "lower"] = "lower"
+    reference: str | None = None
 
 
 def build_optimizer(model: MMLLM, cfg: OptimizerConfig, total_steps: int):

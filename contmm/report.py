@@ -71,12 +71,7 @@ def missing_notes(runs: Sequence[RunData], reference: RunData | None = None) -> 
 
 def reference_scores(reference: RunData, run: RunData) -> list[float | None]:
     """S_j: the reference run's score on task j right after tuning it (its diagonal R[j+1][j])."""
-    if reference.tasks != run.tasks:
-        raise ValueError(
-            f"the reference run {reference.path} has tasks {reference.tasks}, "
-            f"the run {run.path} has {run.tasks}: they must be the same, in the same order"
-        )
-    return [reference.matrix[j + 1][j] for j in range(len(reference.tasks))]
+    return reference.single_task_scores(run.tasks, f"the run {run.path}")
 
 
 def format_value(value: float | None, signed: bool) -> str:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from contmm.runner import tasks_to_evaluate
+from contmm.metrics import tasks_to_evaluate
 
 MATRIX_MODES = ("full", "lower")
 SCORES_CSV = Path("logs/csv/scores/metrics.csv")
@@ -33,6 +34,16 @@ class RunData:
     tasks: list[str]
     matrix: list[list[float | None]]  # T+1 rows (row 0 = before the stream) of T scores
     matrix_mode: str  # "full": every cell scored; "lower": the cells the metrics need
+
+    def single_task_scores(self, tasks: Sequence[str], user: str) -> list[float | None]:
+        """This run's diagonal R[j+1][j], as the single-task reference S_j of ``user``, whose
+        ``tasks`` must be this run's, in the same order."""
+        if self.tasks != list(tasks):
+            raise ValueError(
+                f"the reference run {self.path} has tasks {self.tasks}, "
+                f"{user} has {list(tasks)}: they must be the same, in the same order"
+            )
+        return [self.matrix[j + 1][j] for j in range(len(self.tasks))]
 
     def skipped(self, stage: int, task: int) -> bool:
         """Whether cell R[stage][task] is unscored by design (the lower mode), not missing."""

@@ -25,10 +25,11 @@ from contmm.checkpoint import (
 )
 from contmm.data import DataConfig, StageData
 from contmm.environment import environment
-from contmm.metrics import compute_metrics, metric_details
+from contmm.metrics import compute_metrics, metric_details, tasks_to_evaluate
 from contmm.model import MMLLM, ModelConfig
 from contmm.module import ContinualModule, EvalConfig, OptimizerConfig
 from contmm.results import RunDirectory, summary_table
+from contmm.rundata import load_run
 from contmm.strategy import Strategies, Strategy
 from contmm.stream import TaskStream
 
@@ -46,14 +47,6 @@ class PretrainConfig:
     max_epochs: int = 0
     trainable: list[str] = field(default_factory=lambda: ["input_projector"])
     lr: float | None = None
-
-
-def tasks_to_evaluate(stage: int, num_tasks: int, mode: str) -> list[int]:
-    """The columns of row ``stage`` that are scored: all of them (``full``), or (``lower``)
-    all at row 0 and at the last row, else the tasks tuned so far and the next one."""
-    if mode == "full" or stage in (0, num_tasks):
-        return list(range(num_tasks))
-    return list(range(stage + 1))
 
 
 def running_metrics(matrix: list[list[float | None]], stage: int) -> dict[str, float | None]:
@@ -93,6 +86,12 @@ class ContinualRun:
         # Built before any Trainer starts the process group: importing Avalanche on a
         # non-zero rank inside a distributed session fails (it refuses to make loggers there).
         self.benchmark = stream.benchmark()
+        # Read now, so that a wrong reference stops the run before any training.
+        self.reference_scores = (
+            load_run(evaluation.reference).single_task_scores(stream.task_names, "this run's stream")
+            if evaluation.reference
+            else None
+        )
         tasks = stream.task_names
         self.matrix: list[list[float | None]] = [[None] * len(tasks) for _ in range(len(tasks) + 1)]
         # The same cells scored leniently (the answer found inside a longer prediction).
@@ -279,8 +278,8 @@ class ContinualRun:
             "stages_completed": stages_completed,
             "matrix_mode": self.module.evaluation.matrix,
             "matrix": self.matrix,
-            "metrics": compute_metrics(self.matrix),
-            **metric_details(self.matrix, self.stream.task_names),
+            "metrics": compute_metrics(self.matrix, self.reference_scores),
+            **metric_details(self.matrix, self.stream.task_names, self.reference_scores),
         }
         # Stored only where leniency changed a score, so a strict scorer adds nothing.
         if self.lenient_matrix != self.matrix:

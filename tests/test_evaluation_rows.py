@@ -6,7 +6,7 @@ import json
 import pytest
 
 from contmm.cli import main
-from contmm.runner import tasks_to_evaluate
+from contmm.metrics import tasks_to_evaluate
 from tests.conftest import TINY_RUN
 from tests.test_cli import REPO
 
@@ -58,3 +58,30 @@ def test_each_tasks_score_and_the_running_metrics_are_logged_with_the_stage_as_s
 @pytest.fixture(autouse=True)
 def _in_repo(monkeypatch):
     monkeypatch.chdir(REPO)
+
+
+def test_a_reference_run_adds_intransigence_to_the_runs_metrics(tmp_path):
+    reference = tmp_path / "single_task"
+    reference.mkdir()
+    S = [0.5, 0.75]  # its diagonal: each task tuned alone
+    matrix = [[0.0, 0.0], [S[0], 0.0], [0.0, S[1]]]
+    (reference / "results.json").write_text(json.dumps({"tasks": ["colour", "shape"], "matrix": matrix}))
+    out = tmp_path / "run"
+    main(["fit", *TINY_RUN, "--output_dir", str(out), "--eval.reference", str(reference)])
+    results = json.loads((out / "results.json").read_text())
+    R = results["matrix"]
+    expected = {"colour": S[0] - R[1][0], "shape": S[1] - R[2][1]}
+    assert results["per_task_metrics"]["intransigence"] == pytest.approx(expected)
+    assert results["metrics"]["intransigence"] == pytest.approx(sum(expected.values()) / 2)
+
+
+def test_a_reference_run_of_other_tasks_is_refused_before_training(tmp_path, capsys):
+    reference = tmp_path / "single_task"
+    reference.mkdir()
+    (reference / "results.json").write_text(json.dumps({"tasks": ["count"], "matrix": [[0.0], [1.0]]}))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        main(["fit", *TINY_RUN, "--output_dir", str(out), "--eval.reference", str(reference)])
+    message = capsys.readouterr().err
+    assert str(reference) in message and "['count']" in message
+    assert not (out / "results.json").exists()
