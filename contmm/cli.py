@@ -172,6 +172,11 @@ def main(argv: list[str] | None = None) -> None:
             plot_command(cfg.plot)
         elif cfg.subcommand == "report":
             report_command(cfg.report)
+    except KeyboardInterrupt:
+        # Outside a stage's training (Lightning handles Ctrl-C there): what is on disk is
+        # whole, since every file is written atomically.
+        print("contmm: interrupted; completed stages are kept, the same command resumes", file=sys.stderr)
+        sys.exit(130)
     except (ValueError, OSError) as error:
         if cfg.debug:
             raise

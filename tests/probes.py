@@ -7,6 +7,7 @@ run between stages.
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import torch.distributed as dist
@@ -42,3 +43,15 @@ class CrashBeforeTask(Strategy):
     def before_task(self, model, task_id):
         if os.environ.get("CONTMM_CRASH_AT_TASK") == str(task_id):
             raise RuntimeError(f"injected crash before task {task_id}")
+
+
+class InterruptInTask(Strategy):
+    """Presses Ctrl-C (SIGINT to its own process) in the first training step of task
+    ``$CONTMM_INTERRUPT_AT_TASK``, as a user stopping a run midway would."""
+
+    def before_task(self, model, task_id):
+        self.task_id = task_id
+
+    def penalty(self, model, batch, outputs):
+        if os.environ.get("CONTMM_INTERRUPT_AT_TASK") == str(self.task_id):
+            os.kill(os.getpid(), signal.SIGINT)

@@ -287,3 +287,37 @@ def test_a_stage_interrupted_midway_goes_on_from_lightnings_last_epoch_checkpoin
     whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "resumed"))
     assert resumed["matrix"] == whole["matrix"]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["stage_3"]  # in-progress files gone
+
+
+def test_ctrl_c_in_the_middle_of_a_stage_keeps_the_completed_stages_and_the_run_resumes(tmp_path):
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "contmm.cli", "fit", *TINY_RUN, "--output_dir", str(out),
+        "--strategies", "[{class_path: tests.probes.InterruptInTask}]",
+    ]  # fmt: skip
+
+    def run(**env):
+        return subprocess.run(
+            command,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={**os.environ, **env},
+        )
+
+    interrupted = run(CONTMM_INTERRUPT_AT_TASK="1")
+    assert interrupted.returncode != 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["stages_completed"] == 1 and results["matrix"][2] == [None, None]
+    kept = files(out, "predictions/**/*")
+    assert sorted(str(p) for p in kept) == [
+        f"predictions/stage_{s}/{t}.jsonl" for s in (0, 1) for t in ("colour", "shape")
+    ]
+    assert not list(out.rglob("*.tmp"))  # no half-written file
+
+    resumed = run()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["stages_completed"] == 2
+    assert {k: v for k, v in files(out, "predictions/**/*").items() if k in kept} == kept
