@@ -79,8 +79,17 @@ class ContinualRun:
         self.model = MMLLM.build(model, stream.texts())
         # The tensors of components no stage trains are rebuilt identically from the config,
         # so checkpoints leave them out (a frozen pretrained LLM is not copied per stage).
+        # They are known by identity, not by name: peft renames the layers it wraps. (A buffer
+        # moved to a GPU is a new tensor and is then saved: buffers are small. The list keeps
+        # every tensor alive, so no id is reused by a new tensor.)
         trained = {*self.model.configured_trainable(), *(pretrain.trainable if pretrain.max_epochs else ())}
-        self.untrained_keys = {k for k in self.model.state_dict() if k.split(".")[0] not in trained}
+        self.untrained_tensors = [
+            t
+            for name, module in self.model.named_children()
+            if name not in trained
+            for t in [*module.parameters(), *module.buffers()]
+        ]
+        self.untrained = {id(t) for t in self.untrained_tensors}
         self.strategies = Strategies(strategies)
         self.module = ContinualModule(self.model, self.strategies, optimizer, evaluation, len(stream.tasks))
         # Built before any Trainer starts the process group: importing Avalanche on a
@@ -202,10 +211,11 @@ class ContinualRun:
         number of stages it completed."""
         self.strategies.load_state_dict(checkpoint.strategies)  # rebuilds adapters, projectors
         missing, unexpected = self.model.load_state_dict(checkpoint.model, strict=False)
-        if unexpected or set(missing) - self.untrained_keys:
+        missing = sorted(set(missing) - set(self.untrained_names()))
+        if unexpected or missing:
             raise ValueError(
                 f"the checkpoint of stage {checkpoint.stage} in {self.run.path} does not fit the model: "
-                f"unexpected {unexpected[:3]}, missing {sorted(set(missing) - self.untrained_keys)[:3]}"
+                f"unexpected {unexpected[:3]}, missing {missing[:3]}"
             )
         state = checkpoint.state
         self.matrix, self.lenient_matrix, self.reports = (
@@ -220,10 +230,19 @@ class ContinualRun:
             print(f"{self.run.path}: resuming after stage {checkpoint.stage} of {len(self.stream.tasks)}")
         return checkpoint.stage
 
+    def untrained_names(self) -> list[str]:
+        """The state-dict names, under the model's current structure, of the untrained tensors."""
+        named = [
+            *self.model.named_parameters(remove_duplicate=False),
+            *self.model.named_buffers(remove_duplicate=False),
+        ]
+        return [name for name, t in named if id(t) in self.untrained]
+
     def save_checkpoint(self, stage: int) -> None:
         if not self.run.is_writer():
             return
-        tensors = {k: v for k, v in self.model.state_dict().items() if k not in self.untrained_keys}
+        untrained = set(self.untrained_names())
+        tensors = {k: v for k, v in self.model.state_dict().items() if k not in untrained}
         state = {
             "matrix": self.matrix,
             "lenient_matrix": self.lenient_matrix,
