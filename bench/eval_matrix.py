@@ -21,7 +21,7 @@ import torch
 from common import alternating_rounds, bench_parser, quiet_lightning
 
 from contmm.cli import build_run, fit_parser
-from contmm.metrics import compute_metrics
+from contmm.metrics import compute_metrics, tasks_to_evaluate
 from contmm.runner import ContinualRun
 
 
@@ -53,7 +53,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as output_dir:
         run = build(args.config, args.seed, output_dir)
         T = len(run.stream.tasks)
-        cells = {"full": (T + 1) * T, "lower": 2 * T + sum(i + 1 for i in range(1, T))}
+        cells = {
+            mode: sum(len(tasks_to_evaluate(i, T, mode)) for i in range(T + 1)) for mode in ("full", "lower")
+        }
         print(f"{T} tasks: full scores {cells['full']} cells, lower {cells['lower']}")
         sides = {mode: (lambda mode=mode: evaluate_all_rows(run, mode)) for mode in ("lower", "full")}
         ratios = []

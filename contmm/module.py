@@ -152,8 +152,13 @@ class ContinualModule(L.LightningModule):
         for sample_id, question, answer, prediction, sample in zip(
             batch["ids"], batch["questions"], batch["answers"], predictions, scores
         ):
-            record = {"id": sample_id, "question": question, "answer": answer, "prediction": prediction}
-            record["score"] = sample["strict"]
+            record = {
+                "id": sample_id,
+                "question": question,
+                "answer": answer,
+                "prediction": prediction,
+                "score": sample["strict"],
+            }
             if sample["lenient"] != sample["strict"]:  # e.g. the answer inside a longer sentence
                 record["lenient_score"] = sample["lenient"]
             self._predictions[task_id].append(record)

@@ -14,6 +14,20 @@ from tests.conftest import TINY_RUN
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_fit(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """`contmm fit ARGS` in a process of its own (DDP launches more, Ctrl-C reaches only it),
+    from the repository root, with ``env`` added to the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "contmm.cli", "fit", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **env},
+    )
+
+
 @pytest.fixture(autouse=True)
 def _in_repo(monkeypatch):
     monkeypatch.chdir(REPO)  # configs name experiments/ relative to the repository root
@@ -113,20 +127,7 @@ def test_print_config_shows_the_resolved_config(capsys):
 def test_two_process_ddp_scores_every_test_sample_exactly_once(tmp_path):
     """DDP on CPU (gloo): both ranks run the loop, rank 0 writes, shards do not overlap."""
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "contmm.cli",
-        "fit",
-        *TINY_RUN,
-        "--output_dir",
-        str(out),
-        "--trainer.devices",
-        "2",
-        "--trainer.strategy",
-        "ddp",
-    ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    done = run_fit(*TINY_RUN, "--output_dir", str(out), "--trainer.devices", "2", "--trainer.strategy", "ddp")
     assert done.returncode == 0, done.stderr[-3000:]
 
     results = json.loads((out / "results.json").read_text())
@@ -151,14 +152,10 @@ def test_replay_and_ewc_hold_the_same_state_on_both_ddp_ranks(tmp_path):
         "[{class_path: tests.probes.ReplayProbe, init_args: {memory_size: 10}},"
         " {class_path: tests.probes.EWCProbe, init_args: {fisher_batches: 2}}]"
     )
-    command = [
-        sys.executable, "-m", "contmm.cli", "fit", *TINY_RUN, "--output_dir", str(tmp_path / "run"),
-        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--strategies", strategies,
-    ]  # fmt: skip
-    env = {**os.environ, "CONTMM_PROBE_DIR": str(probes)}
-    done = subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False, env=env
-    )
+    done = run_fit(
+        *TINY_RUN, "--output_dir", str(tmp_path / "run"), "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--strategies", strategies, CONTMM_PROBE_DIR=str(probes),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     for kind in ("replay", "ewc"):
         for task_id in (0, 1):

@@ -1,11 +1,8 @@
 """Resuming after a crash, starting over, determinism, and what a crash leaves behind."""
 
 import json
-import os
 import pickle
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +11,7 @@ from contmm.cli import main
 from contmm.module import ContinualModule
 from contmm.strategy import Strategy
 from tests.conftest import TINY_RUN
-from tests.test_cli import REPO
+from tests.test_cli import REPO, run_fit
 
 # Three tasks, with the two strategies whose state a resume must carry: replay memory and
 # the EWC Fisher and anchors.
@@ -174,21 +171,10 @@ def test_a_two_process_ddp_run_killed_between_stages_resumes_and_scores_each_sam
         " {class_path: strategies.ewc.EWC, init_args: {fisher_batches: 2}},"
         " {class_path: tests.probes.CrashBeforeTask}]"
     )
-    command = [
-        sys.executable, "-m", "contmm.cli", "fit", *TINY_RUN, "--output_dir", str(out),
-        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--strategies", strategies,
-    ]  # fmt: skip
+    args = [*TINY_RUN, "--output_dir", str(out), "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
     def run(**env):
-        return subprocess.run(
-            command,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-            env={**os.environ, **env},
-        )
+        return run_fit(*args, "--strategies", strategies, **env)
 
     killed = run(CONTMM_CRASH_AT_TASK="1")
     assert killed.returncode != 0 and "injected crash before task 1" in killed.stderr
@@ -306,20 +292,15 @@ def test_a_stage_interrupted_midway_goes_on_from_lightnings_last_epoch_checkpoin
 
 def test_ctrl_c_in_the_middle_of_a_stage_keeps_the_completed_stages_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "contmm.cli", "fit", *TINY_RUN, "--output_dir", str(out),
-        "--strategies", "[{class_path: tests.probes.InterruptInTask}]",
-    ]  # fmt: skip
 
     def run(**env):
-        return subprocess.run(
-            command,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-            env={**os.environ, **env},
+        return run_fit(
+            *TINY_RUN,
+            "--output_dir",
+            str(out),
+            "--strategies",
+            "[{class_path: tests.probes.InterruptInTask}]",
+            **env,
         )
 
     interrupted = run(CONTMM_INTERRUPT_AT_TASK="1")

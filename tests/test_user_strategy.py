@@ -2,15 +2,10 @@
 
 import csv
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 from tests.conftest import TINY_RUN
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.test_cli import REPO, run_fit
 
 
 def _readme_blocks(language: str) -> list[str]:
@@ -26,14 +21,7 @@ def test_the_readme_strategy_runs_from_the_users_own_module_by_class_path(tmp_pa
     config.write_text(_readme_blocks("yaml")[0])
 
     out = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "contmm.cli", "fit", *TINY_RUN, "--config", str(config),
-        "--output_dir", str(out),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(modules)}
-    done = subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
+    done = run_fit(*TINY_RUN, "--config", str(config), "--output_dir", str(out), PYTHONPATH=str(modules))
     assert done.returncode == 0, done.stderr[-3000:]
 
     assert json.loads((out / "results.json").read_text())["strategies"] == "L2ToPrevious"
