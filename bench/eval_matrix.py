@@ -16,11 +16,13 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 from common import alternating_rounds, bench_parser, quiet_lightning
 
 from contmm.cli import build_run, fit_parser
+from contmm.matrix import ScoreMatrix
 from contmm.metrics import compute_metrics, tasks_to_evaluate
 from contmm.runner import ContinualRun
 
@@ -36,12 +38,12 @@ def build(config: str, seed: int, output_dir: str) -> ContinualRun:
 
 def evaluate_all_rows(run: ContinualRun, mode: str) -> tuple[float, dict]:
     """Seconds to score rows 0..T in ``mode``, and the metrics of the matrix it filled."""
-    run.module.evaluation.matrix = mode
-    run.matrix = [[None] * len(row) for row in run.matrix]
+    run.module.evaluation = replace(run.module.evaluation, matrix=mode)
+    run.scores = ScoreMatrix(run.stream.task_names)
     start = time.perf_counter()
-    for stage in range(len(run.matrix)):
-        run.evaluate(run.new_trainer(f"bench_{mode}_{stage}"), stage)
-    return time.perf_counter() - start, compute_metrics(run.matrix)
+    for stage in range(len(run.scores.strict)):
+        run.evaluate(stage, run.trainers(f"bench_{mode}_{stage}"))
+    return time.perf_counter() - start, compute_metrics(run.scores.strict)
 
 
 def main() -> None:

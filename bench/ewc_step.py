@@ -34,9 +34,7 @@ def main() -> None:
     template, batches, batch_size = training_batches(args)
     ewc = EWC(fisher_batches=args.fisher_batches)
     ewc.after_task(template, 0, batches)
-    stored = sum(
-        t.numel() for fisher, anchor in ewc.importances for t in (*fisher.values(), *anchor.values())
-    )
+    stored = sum(t.numel() for state in (*ewc.fishers, *ewc.anchors) for t in state.values())
     trainable = sum(p.numel() for p in template.parameters() if p.requires_grad)
     total = sum(p.numel() for p in template.parameters())
     print(f"EWC stores {stored} values for one task = 2 x {trainable} trainable parameters (model: {total})")

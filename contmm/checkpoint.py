@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 CHECKPOINTS = "checkpoints"
 
@@ -36,6 +37,48 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     strategies: dict
     state: dict
+
+
+class TrainedWeights:
+    """The model tensors a checkpoint holds: all but those of components no stage trains.
+
+    Those are rebuilt identically from the config, so a frozen pretrained LLM is not copied
+    per stage. They are known by identity, not by name: peft renames the layers it wraps.
+    (A buffer moved to a GPU is a new tensor and is then saved: buffers are small. The list
+    keeps every tensor alive, so no id is reused by a new tensor.)
+    """
+
+    def __init__(self, model: nn.Module, trained: set[str]) -> None:
+        self.model = model
+        self.untrained_tensors = [
+            t
+            for name, module in model.named_children()
+            if name not in trained
+            for t in [*module.parameters(), *module.buffers()]
+        ]
+        self.untrained = {id(t) for t in self.untrained_tensors}
+
+    def untrained_names(self) -> set[str]:
+        """The state-dict names, under the model's current structure, of the untrained tensors."""
+        named = [
+            *self.model.named_parameters(remove_duplicate=False),
+            *self.model.named_buffers(remove_duplicate=False),
+        ]
+        return {name for name, t in named if id(t) in self.untrained}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        untrained = self.untrained_names()
+        return {k: v for k, v in self.model.state_dict().items() if k not in untrained}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        """Load ``tensors`` (from ``source``, named in the error) into the model: every trained
+        tensor must be there and nothing else."""
+        missing, unexpected = self.model.load_state_dict(tensors, strict=False)
+        missing = sorted(set(missing) - self.untrained_names())
+        if unexpected or missing:
+            raise ValueError(
+                f"{source} does not fit the model: unexpected {unexpected[:3]}, missing {missing[:3]}"
+            )
 
 
 def save_checkpoint(

@@ -9,6 +9,7 @@ files compose (later wins) and ``--section.key value`` overrides any of them.
 from __future__ import annotations
 
 import sys
+from inspect import signature
 from itertools import pairwise
 from pathlib import Path
 
@@ -17,49 +18,27 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
 from contmm import plot, report
-from contmm.data import DataConfig
-from contmm.model import ModelConfig
-from contmm.module import EvalConfig, OptimizerConfig
 from contmm.rundata import load_run
-from contmm.runner import ContinualRun, PretrainConfig
-from contmm.strategy import Strategy
-from contmm.stream import TaskStream
+from contmm.runner import ContinualRun
 
 # Trainer arguments the runner owns: one logger pair per stage under the run directory,
 # and its own samplers (seeded training shuffle, evaluation shards without duplicates).
 RUNNER_OWNED_TRAINER_ARGS = {"logger", "default_root_dir", "use_distributed_sampler"}
+# ContinualRun's parameters that are not options of their own: the Trainer's arguments are
+# added from Trainer's signature, and the resolved config is the parse itself.
+RUNNER_ONLY = ("trainer", "config")
+
+
+def new_parser(description: str | None, **kwargs) -> ArgumentParser:
+    """contmm's parsers: errors raised to ``main`` (one line, no usage dump), no abbreviations."""
+    return ArgumentParser(description=description, exit_on_error=False, allow_abbrev=False, **kwargs)
 
 
 def fit_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        exit_on_error=False,
-        allow_abbrev=False,
-        description="Tune a multimodal LLM on a stream of tasks, one stage per task, and score "
-        "every task after every stage.",
-    )
+    """``contmm fit``'s options: the parameters of :class:`ContinualRun`, and the Trainer's."""
+    parser = new_parser(ContinualRun.__doc__.split("\n\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML config; may be given several times")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of initialisation and shuffling (the stream takes its own)"
-    )
-    parser.add_argument("--output_dir", type=str, default="runs/seq_vqa", help="the run directory")
-    parser.add_argument(
-        "--resume",
-        type=bool,
-        default=True,
-        help="go on after the last completed stage in output_dir; false deletes its results and starts over",
-    )
-    parser.add_class_arguments(ModelConfig, "model", help="the multimodal LLM")
-    parser.add_subclass_arguments(TaskStream, "stream", required=True, help="the task stream")
-    parser.add_argument(
-        "--strategies",
-        type=list[Strategy],
-        default=[],
-        help="continual strategies, run in order (class_path / init_args entries)",
-    )
-    parser.add_class_arguments(PretrainConfig, "pretrain", help="MM pre-training before the stream")
-    parser.add_class_arguments(OptimizerConfig, "optimizer", help="optimizer of every stage")
-    parser.add_class_arguments(DataConfig, "data", help="training data loading")
-    parser.add_class_arguments(EvalConfig, "eval", help="evaluation after every stage")
+    parser.add_class_arguments(ContinualRun, skip=set(RUNNER_ONLY), sub_configs=True)
     parser.add_class_arguments(
         L.Trainer,
         "trainer",
@@ -71,14 +50,14 @@ def fit_parser() -> ArgumentParser:
 
 
 def plot_parser() -> ArgumentParser:
-    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False, description=plot.__doc__)
+    parser = new_parser(plot.__doc__)
     parser.add_argument("runs", nargs="+", type=str, help="run directories (results.json or CSV scores)")
     parser.add_argument("-o", "--output", type=str, required=True, help="the image to write, e.g. plot.png")
     return parser
 
 
 def report_parser() -> ArgumentParser:
-    parser = ArgumentParser(exit_on_error=False, allow_abbrev=False, description=report.__doc__)
+    parser = new_parser(report.__doc__)
     parser.add_argument("runs", nargs="+", type=str, help="run directories, one table row each")
     parser.add_argument(
         "--reference", type=str, help="a single-task reference run with the same tasks: adds Intransigence"
@@ -87,12 +66,7 @@ def report_parser() -> ArgumentParser:
 
 
 def build_parser(fit_cli: ArgumentParser) -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="contmm",
-        description="Continual instruction tuning of multimodal LLMs.",
-        exit_on_error=False,
-        allow_abbrev=False,
-    )
+    parser = new_parser("Continual instruction tuning of multimodal LLMs.", prog="contmm")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subcommands = parser.add_subcommands()
     subcommands.add_subcommand("fit", fit_cli, help="run a continual stream end to end")
@@ -107,20 +81,8 @@ def build_run(fit_cli: ArgumentParser, cfg) -> ContinualRun:
     resolved = cfg.clone()
     del resolved["config"]  # the files it came from; the resolved values are what counts
     config = {"yaml": fit_cli.dump(resolved), "dict": resolved.as_dict()}
-    return ContinualRun(
-        stream=init.stream,
-        model=init.model,
-        strategies=init.strategies,
-        seed=init.seed,
-        output_dir=init.output_dir,
-        pretrain=init.pretrain,
-        optimizer=init.optimizer,
-        data=init.data,
-        evaluation=init.eval,
-        trainer=init.trainer.as_dict(),
-        config=config,
-        resume=init.resume,
-    )
+    arguments = {name: init[name] for name in signature(ContinualRun).parameters if name not in RUNNER_ONLY}
+    return ContinualRun(**arguments, trainer=init.trainer.as_dict(), config=config)
 
 
 def fit(fit_cli: ArgumentParser, cfg) -> dict:

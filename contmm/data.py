@@ -21,11 +21,13 @@ from contmm.stream import Task
 IGNORE_INDEX = -100
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
-    """Args:
-    batch_size: training samples per batch on each device.
-    num_workers: DataLoader worker processes (0 renders images in the main process).
+    """Training batches: their size and how they are loaded.
+
+    Args:
+        batch_size: training samples per batch on each device.
+        num_workers: DataLoader worker processes (0 renders images in the main process).
     """
 
     batch_size: int = 32

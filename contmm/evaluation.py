@@ -1,6 +1,8 @@
-"""Per-task scores that add up correctly across DDP ranks."""
+"""Evaluating after a stage: per-task scores that add up across DDP ranks, and the result."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torchmetrics import Metric
@@ -30,3 +32,15 @@ class TaskScores(Metric):
     def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(strict mean, lenient mean, samples scored) per task; means are NaN where none were."""
         return self.total / self.count, self.lenient_total / self.count, self.count
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation gave, the same on every rank: per evaluated task id, its strict and
+    lenient score and its per-sample prediction records (all ranks'); and what the
+    strategies reported (e.g. routing accuracy)."""
+
+    scores: dict[int, float]
+    lenient_scores: dict[int, float]
+    predictions: dict[int, list[dict]]
+    report: dict

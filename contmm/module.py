@@ -14,16 +14,17 @@ from typing import Literal
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from transformers import get_cosine_schedule_with_warmup
 
-from contmm.evaluation import TaskScores
+from contmm.distributed import all_gather_objects
+from contmm.evaluation import Evaluation, TaskScores
+from contmm.matrix import row_after
 from contmm.model import MMLLM
 from contmm.scoring import score
 from contmm.strategy import Strategies
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizerConfig:
     """AdamW with linear warmup and cosine decay over the stage's steps.
 
@@ -40,15 +41,17 @@ class OptimizerConfig:
     warmup_ratio: float = 0.03
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
-    """Args:
-    batch_size: prompts generated together per device (left-padded, KV cache).
-    max_new_tokens: the longest answer generated.
-    matrix: ``full`` scores every task after every stage; ``lower`` scores row 0, the
-        tasks tuned so far and the next one: exactly the cells every metric needs.
-    reference: a single-task reference run directory (``experiments/single_task.yaml``)
-        with the same tasks: its diagonal is S_j, and the metrics gain intransigence.
+    """Evaluation after every stage: batched greedy generation, the cells scored, a reference.
+
+    Args:
+        batch_size: prompts generated together per device (left-padded, KV cache).
+        max_new_tokens: the longest answer generated.
+        matrix: ``full`` scores every task after every stage; ``lower`` scores row 0, the
+            tasks tuned so far and the next one: exactly the cells every metric needs.
+        reference: a single-task reference run directory (``experiments/single_task.yaml``)
+            with the same tasks: its diagonal is S_j, and the metrics gain intransigence.
     """
 
     batch_size: int = 64
@@ -88,10 +91,7 @@ class ContinualModule(L.LightningModule):
         self.evaluation = evaluation
         self.task_id: int | None = None  # the task being tuned; None during pre-training
         self.scores = TaskScores(num_tasks)
-        self.last_scores: dict[int, float] = {}
-        self.last_lenient: dict[int, float] = {}
-        self.last_predictions: dict[int, list[dict]] = {}
-        self.last_report: dict = {}
+        self.result: Evaluation | None = None  # of the latest evaluation
 
     # -- training -------------------------------------------------------------------------
 
@@ -109,7 +109,9 @@ class ContinualModule(L.LightningModule):
         if not torch.isfinite(loss):
             # Stop here: the next optimizer step would spread NaN into every weight.
             stage = (
-                "pre-training" if self.task_id is None else f"stage {self.task_id + 1} (task {self.task_id})"
+                "pre-training"
+                if self.task_id is None
+                else f"stage {row_after(self.task_id)} (task {self.task_id})"
             )
             raise ValueError(
                 f"{stage}: the loss is {loss.item()} at step {self.global_step} (batch {batch_idx}); "
@@ -129,6 +131,11 @@ class ContinualModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- evaluation -----------------------------------------------------------------------
+
+    def evaluate(self, trainer: L.Trainer, datamodule: L.LightningDataModule) -> Evaluation:
+        """Score the datamodule's evaluation tasks by batched generation, on every rank."""
+        trainer.test(self, datamodule=datamodule, verbose=False)
+        return self.result
 
     def on_test_epoch_start(self) -> None:
         self.scores.reset()
@@ -166,11 +173,11 @@ class ContinualModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         means, lenient, counts = self.scores.compute()  # reduced over ranks by torchmetrics
         evaluated = [task_id for task_id, _ in self.trainer.datamodule.eval_tasks]
-        self.last_scores = {j: float(means[j]) for j in evaluated if counts[j] > 0}
-        self.last_lenient = {j: float(lenient[j]) for j in evaluated if counts[j] > 0}
-        shards = [dict(self._predictions)]
-        if dist.is_available() and dist.is_initialized() and self.trainer.world_size > 1:
-            shards = [None] * self.trainer.world_size
-            dist.all_gather_object(shards, dict(self._predictions))
-        self.last_predictions = {j: [r for shard in shards for r in shard.get(j, [])] for j in evaluated}
-        self.last_report = self.strategies.evaluation_report()  # collective: every rank is here
+        scored = [j for j in evaluated if counts[j] > 0]
+        shards = all_gather_objects(dict(self._predictions))
+        self.result = Evaluation(
+            scores={j: float(means[j]) for j in scored},
+            lenient_scores={j: float(lenient[j]) for j in scored},
+            predictions={j: [r for shard in shards for r in shard.get(j, [])] for j in evaluated},
+            report=self.strategies.evaluation_report(),  # collective: every rank is here
+        )

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
+from contmm.distributed import all_reduce_sum
 from contmm.strategy import Strategy
 
 
@@ -40,37 +40,44 @@ class _FisherQuadratic(torch.autograd.Function):
 
 
 class EWC(Strategy):
-    """Args:
-    ewc_lambda: weight λ of the penalty.
-    mode: ``separate`` or ``online``.
-    decay: online mode: factor applied to the running Fisher before adding a task's.
-    fisher_batches: training batches (per rank) the Fisher is estimated from.
+    """EWC: a quadratic pull toward each past task's weights, weighted by its Fisher.
+
+    Args:
+        ewc_lambda: weight λ of the penalty.
+        mode: ``separate`` or ``online``.
+        decay: online mode only: the factor γ applied to the running Fisher before a task's is
+            added (default 1).
+        fisher_batches: training batches (per rank) the Fisher is estimated from.
     """
 
     def __init__(
         self,
         ewc_lambda: float = 1000.0,
         mode: Literal["separate", "online"] = "separate",
-        decay: float = 1.0,
+        decay: float | None = None,
         fisher_batches: int = 50,
     ) -> None:
-        self.ewc_lambda, self.mode, self.decay, self.fisher_batches = ewc_lambda, mode, decay, fisher_batches
-        # One (Fisher, anchor) pair per past task (separate) or a single running one (online).
-        self.importances: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        if decay is not None and mode != "online":
+            raise ValueError(f"EWC.decay ({decay}) applies to mode 'online' only; mode is {mode!r}")
+        self.ewc_lambda, self.mode, self.fisher_batches = ewc_lambda, mode, fisher_batches
+        self.decay = 1.0 if decay is None else decay
+        # Per consolidated task t (separate), or one running pair (online): the diagonal
+        # Fisher F_t and the anchor θ*_t, the weights the task ended with.
+        self.fishers: list[dict[str, torch.Tensor]] = []
+        self.anchors: list[dict[str, torch.Tensor]] = []
         self._terms: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] | None = None
 
     def before_task(self, model, task_id) -> None:
         self._terms = None  # trainability and parameters may have changed: re-pair lazily
 
     def penalty(self, model, batch, outputs) -> torch.Tensor | None:
-        if not self.importances:
-            return None
+        """(λ/2) Σ_t Σ_i F_t,i (θ_i − θ*_t,i)² over the parameters trainable now."""
         if self._terms is None:
             params = dict(model.named_parameters())
             # .to: a resumed run loads the Fisher on the CPU, the model may be on a GPU.
             self._terms = [
                 (params[name], fisher[name].to(params[name].device), anchor[name].to(params[name].device))
-                for fisher, anchor in self.importances
+                for fisher, anchor in zip(self.fishers, self.anchors)
                 for name in fisher
                 if name in params and params[name].requires_grad
             ]
@@ -82,12 +89,14 @@ class EWC(Strategy):
     def after_task(self, model, task_id, dataloader) -> None:
         fisher = self.fisher(model, dataloader)
         anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in fisher}
-        if self.mode == "online" and self.importances:
-            ((running, _),) = self.importances
-            for name, value in fisher.items():
-                fisher[name] = value + self.decay * running[name] if name in running else value
-            self.importances = []
-        self.importances.append((fisher, anchor))
+        if self.mode == "online" and self.fishers:
+            # Schwarz et al.: F ← γ F + F_task, anchored at the latest weights alone.
+            (running,) = self.fishers
+            fisher = {n: v + self.decay * running[n] if n in running else v for n, v in fisher.items()}
+            self.fishers, self.anchors = [], []
+        self.fishers.append(fisher)
+        self.anchors.append(anchor)
+        self._terms = None
 
     def fisher(self, model, dataloader) -> dict[str, torch.Tensor]:
         """Diagonal empirical Fisher of the trainable parameters, averaged over ranks."""
@@ -106,17 +115,13 @@ class EWC(Strategy):
                         fisher[name] += p.grad.detach().pow(2)
                 batches += 1
         model.zero_grad(set_to_none=True)
-        distributed = dist.is_available() and dist.is_initialized()
         count = torch.tensor(float(batches), device=device)
-        if distributed:
-            for value in fisher.values():
-                dist.all_reduce(value)
-            dist.all_reduce(count)
+        all_reduce_sum(*fisher.values(), count)
         return {n: v / count for n, v in fisher.items()}
 
     def state_dict(self) -> dict:
-        return {"importances": self.importances}
+        return {"fishers": self.fishers, "anchors": self.anchors}
 
     def load_state_dict(self, state: dict) -> None:
-        self.importances = state["importances"]
+        self.fishers, self.anchors = state["fishers"], state["anchors"]
         self._terms = None

@@ -21,12 +21,14 @@ LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 
 
 class LoRAPerTask(Strategy):
-    """Args:
-    r: rank of every adapter.
-    alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
-    dropout: dropout on the adapters' input during training.
-    target_modules: the backbone's linears that get adapters: names matched as suffixes,
-        or one regex matched against the full module name (peft's rules).
+    """A fresh LoRA adapter on the frozen LLM per task, picked by the task id at evaluation.
+
+    Args:
+        r: rank of every adapter.
+        alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: dropout on the adapters' input during training.
+        target_modules: the backbone's linears that get adapters: names matched as suffixes,
+            or one regex matched against the full module name (peft's rules).
     """
 
     def __init__(
@@ -89,12 +91,6 @@ class LoRAPerTask(Strategy):
             yield
         finally:
             lm.set_adapter(previous)  # also puts requires_grad back: on the active adapter only
-
-    def save_adapters(self, directory) -> None:
-        """Every adapter in peft's format, ``directory/task_<i>/``: load one with
-        ``PeftModel.from_pretrained(base_lm, directory / "task_<i>")``."""
-        lm = self.model.backbone.lm
-        lm.save_pretrained(str(directory), selected_adapters=list(lm.peft_config))
 
     def state_dict(self) -> dict:
         lm = self.model.backbone.lm if self.model is not None else None

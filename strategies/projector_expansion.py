@@ -24,12 +24,13 @@ import copy
 from contextlib import contextmanager
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
 from contmm.data import IGNORE_INDEX
+from contmm.distributed import all_reduce_sum
+from contmm.routing import RoutingAccuracy
 from contmm.strategy import Strategy
 
 
@@ -91,12 +92,14 @@ class ExpandedProjector(nn.Module):
 
 
 class ProjectorExpansion(Strategy):
-    """Args:
-    oracle: route by the task id instead of the keys (task-incremental evaluation).
-    image_weight: weight of the image similarity against the instruction similarity's 1
-        (EProj sums the two). Tasks whose images come from one distribution give the image
-        keys nothing to tell apart: 0 routes by the instruction alone.
-    key_batches: training batches (per rank) the task's keys are computed from; None: all.
+    """EProj: an input projector per task, picked per sample by task keys.
+
+    Args:
+        oracle: route by the task id instead of the keys (task-incremental evaluation).
+        image_weight: weight of the image similarity against the instruction similarity's 1
+            (EProj sums the two). Tasks whose images come from one distribution give the image
+            keys nothing to tell apart: 0 routes by the instruction alone.
+        key_batches: training batches (per rank) the task's keys are computed from; None: all.
     """
 
     def __init__(
@@ -104,9 +107,7 @@ class ProjectorExpansion(Strategy):
     ) -> None:
         self.oracle, self.image_weight, self.key_batches = oracle, image_weight, key_batches
         self.model = None
-        self.task_names: list[str] = []
-        self.correct: dict[int, int] = {}
-        self.total: dict[int, int] = {}
+        self.accuracy: RoutingAccuracy | None = None
 
     def setup(self, model, stream) -> None:
         if model.cfg.input_projector.freeze:
@@ -114,7 +115,7 @@ class ProjectorExpansion(Strategy):
                 "ProjectorExpansion trains one input projector per task: set "
                 "`model.input_projector.freeze: false`"
             )
-        self.model, self.task_names = model, stream.task_names
+        self.model, self.accuracy = model, RoutingAccuracy(stream.task_names)
         model.input_projector = ExpandedProjector(
             model.input_projector, model.encoder.hidden_size, model.backbone.hidden_size, self.image_weight
         )
@@ -143,9 +144,7 @@ class ProjectorExpansion(Strategy):
             batch = move_data_to_device(batch, device)
             image_sum += F.normalize(image_features(model, batch["pixel_values"]).float(), dim=-1).sum(0)
             instruction_sum += F.normalize(instruction_features(model, batch), dim=-1).sum(0)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(image_sum)
-            dist.all_reduce(instruction_sum)
+        all_reduce_sum(image_sum, instruction_sum)
         expanded.add_keys(F.normalize(image_sum, dim=0), F.normalize(instruction_sum, dim=0))
 
     @contextmanager
@@ -168,9 +167,7 @@ class ProjectorExpansion(Strategy):
         finally:
             expanded.instruction = None
         if task_id < seen:  # a task not tuned yet has no right projector to be routed to
-            route = expanded.last_route
-            self.correct[task_id] = self.correct.get(task_id, 0) + int((route == task_id).sum())
-            self.total[task_id] = self.total.get(task_id, 0) + len(route)
+            self.accuracy.update(task_id, expanded.last_route)
 
     def state_dict(self) -> dict:
         expanded = self.model.input_projector if self.model is not None else None
@@ -196,19 +193,6 @@ class ProjectorExpansion(Strategy):
 
     def evaluation_report(self) -> dict:
         """Routing accuracy per tuned task in the evaluation just finished, summed over ranks."""
-        if self.oracle or self.model is None:
-            return {"routing": "oracle"} if self.oracle else {}
-        tasks = range(len(self.task_names))
-        device = self.model.input_projector.image_keys.device
-        counts = torch.tensor(
-            [[self.correct.get(t, 0) for t in tasks], [self.total.get(t, 0) for t in tasks]], device=device
-        )
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(counts)
-        self.correct, self.total = {}, {}
-        accuracy = {
-            self.task_names[t]: counts[0, t].item() / counts[1, t].item() for t in tasks if counts[1, t]
-        }
-        if not accuracy:
-            return {}
-        return {"routing_accuracy": accuracy, "mean_routing_accuracy": sum(accuracy.values()) / len(accuracy)}
+        if self.oracle:
+            return {"routing": "oracle"}
+        return self.accuracy.report(self.model.input_projector.image_keys.device) if self.model else {}

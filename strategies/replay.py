@@ -20,10 +20,12 @@ from contmm.strategy import Strategy
 
 
 class Replay(Strategy):
-    """Args:
-    memory_size: samples kept in memory, over all past tasks.
-    policy: ``experience_balanced`` (an equal share per task) or ``reservoir``.
-    seed: seed of the memory's sampling.
+    """Experience replay: a memory of past tasks' samples mixed into each stage.
+
+    Args:
+        memory_size: samples kept in memory, over all past tasks.
+        policy: ``experience_balanced`` (an equal share per task) or ``reservoir``.
+        seed: seed of the memory's sampling.
     """
 
     def __init__(

@@ -32,7 +32,7 @@ class ReplayProbe(Replay):
 class EWCProbe(EWC):
     def after_task(self, model, task_id, dataloader):
         super().after_task(model, task_id, dataloader)
-        fisher = self.importances[-1][0]
+        fisher = self.fishers[-1]
         _write("ewc", task_id, {name: value.double().flatten().tolist() for name, value in fisher.items()})
 
 

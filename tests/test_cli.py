@@ -1,38 +1,16 @@
 """`contmm fit`: a whole stream end to end, the run directory, and clear errors."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from contmm.cli import main
-from tests.conftest import TINY_RUN
+from tests.helpers import TINY_RUN, fit_error, run_fit
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_fit(*args: str, **env: str) -> subprocess.CompletedProcess:
-    """`contmm fit ARGS` in a process of its own (DDP launches more, Ctrl-C reaches only it),
-    from the repository root, with ``env`` added to the environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "contmm.cli", "fit", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, **env},
-    )
+pytestmark = pytest.mark.usefixtures("in_repo")
 
 
-@pytest.fixture(autouse=True)
-def _in_repo(monkeypatch):
-    monkeypatch.chdir(REPO)  # configs name experiments/ relative to the repository root
-
-
+@pytest.mark.slow
 def test_fit_runs_a_stream_and_writes_the_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
     main(["fit", *TINY_RUN, "--output_dir", str(out), "--seed", "1"])
@@ -66,41 +44,32 @@ def test_fit_runs_a_stream_and_writes_the_run_directory(tmp_path, capsys):
     assert "1 (colour)" in printed and "bwt=" in printed
 
 
-def _fit_error(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *args])
-    assert exit_info.value.code != 0
-    message = capsys.readouterr().err
-    assert "Traceback" not in message and "usage:" not in message
-    return message
-
-
 def test_a_typo_in_a_config_key_is_named(capsys, tmp_path):
     config = tmp_path / "typo.yaml"
     config.write_text("trainer:\n  max_epoch: 3\n")
-    message = _fit_error(capsys, "--config", "experiments/seq_vqa.yaml", "--config", str(config))
+    message = fit_error(capsys, "--config", "experiments/seq_vqa.yaml", "--config", str(config))
     assert "trainer.max_epoch" in message
 
 
 def test_an_abbreviated_option_is_not_taken_for_the_full_one(capsys):
-    message = _fit_error(capsys, "--config", "experiments/seq_vqa.yaml", "--trainer.max_epoch", "3")
+    message = fit_error(capsys, "--config", "experiments/seq_vqa.yaml", "--trainer.max_epoch", "3")
     assert "--trainer.max_epoch" in message
 
 
 def test_an_unknown_class_path_is_named(capsys):
-    message = _fit_error(
+    message = fit_error(
         capsys, "--config", "experiments/seq_vqa.yaml", "--strategies", "[{class_path: strategies.nope.Nope}]"
     )
     assert "strategies.nope.Nope" in message
 
 
 def test_a_value_of_the_wrong_type_is_named(capsys):
-    message = _fit_error(capsys, "--config", "experiments/seq_vqa.yaml", "--seed", "abc")
+    message = fit_error(capsys, "--config", "experiments/seq_vqa.yaml", "--seed", "abc")
     assert "seed" in message and "abc" in message
 
 
 def test_an_error_inside_the_run_is_one_message_not_a_traceback(capsys, tmp_path):
-    message = _fit_error(
+    message = fit_error(
         capsys, *TINY_RUN, "--output_dir", str(tmp_path), "--stream.init_args.tasks", "[colour, size]"
     )
     # The stream's own message, not the list of types jsonargparse tried to build.
@@ -112,7 +81,7 @@ def test_an_error_inside_the_run_is_one_message_not_a_traceback(capsys, tmp_path
 def test_malformed_yaml_is_named_with_its_file(capsys, tmp_path):
     config = tmp_path / "broken.yaml"
     config.write_text("trainer:\n  max_epochs: [1, 2\n")
-    message = _fit_error(capsys, "--config", "experiments/seq_vqa.yaml", "--config", str(config))
+    message = fit_error(capsys, "--config", "experiments/seq_vqa.yaml", "--config", str(config))
     assert "broken.yaml" in message
 
 
@@ -124,6 +93,7 @@ def test_print_config_shows_the_resolved_config(capsys):
     assert "seed: 7" in printed and "class_path: streams.synthetic.SyntheticShapes" in printed
 
 
+@pytest.mark.slow
 def test_two_process_ddp_scores_every_test_sample_exactly_once(tmp_path):
     """DDP on CPU (gloo): both ranks run the loop, rank 0 writes, shards do not overlap."""
     out = tmp_path / "ddp"
@@ -144,6 +114,7 @@ def test_two_process_ddp_scores_every_test_sample_exactly_once(tmp_path):
     assert not leftovers
 
 
+@pytest.mark.slow
 def test_replay_and_ewc_hold_the_same_state_on_both_ddp_ranks(tmp_path):
     """Replay memory and the all-reduced Fisher are identical on rank 0 and rank 1."""
     probes = tmp_path / "probes"

@@ -7,8 +7,9 @@ import pytest
 
 from contmm.cli import main
 from contmm.metrics import tasks_to_evaluate
-from tests.conftest import TINY_RUN
-from tests.test_cli import REPO
+from tests.helpers import TINY_RUN
+
+pytestmark = pytest.mark.usefixtures("in_repo")
 
 
 def test_the_lower_matrix_scores_row_0_the_tuned_tasks_the_next_one_and_the_last_row():
@@ -30,6 +31,7 @@ def lower_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_a_lower_run_leaves_the_unneeded_cells_out_and_still_computes_every_metric(lower_run, monkeypatch):
     results = json.loads((lower_run / "results.json").read_text())
     assert results["matrix_mode"] == "lower"
@@ -41,6 +43,7 @@ def test_a_lower_run_leaves_the_unneeded_cells_out_and_still_computes_every_metr
     assert set(results["per_task_metrics"]["bwt"]) == {"colour", "shape"}
 
 
+@pytest.mark.slow
 def test_each_tasks_score_and_the_running_metrics_are_logged_with_the_stage_as_step(lower_run):
     rows = list(csv.DictReader((lower_run / "logs/csv/scores/metrics.csv").open()))
     results = json.loads((lower_run / "results.json").read_text())
@@ -55,11 +58,7 @@ def test_each_tasks_score_and_the_running_metrics_are_logged_with_the_stage_as_s
     assert list((lower_run / "logs/tensorboard/scores").glob("events.out.tfevents.*"))
 
 
-@pytest.fixture(autouse=True)
-def _in_repo(monkeypatch):
-    monkeypatch.chdir(REPO)
-
-
+@pytest.mark.slow
 def test_a_reference_run_adds_intransigence_to_the_runs_metrics(tmp_path):
     reference = tmp_path / "single_task"
     reference.mkdir()

@@ -35,7 +35,7 @@ def test_the_penalty_is_zero_at_the_anchor_and_grows_as_weights_move(model, batc
     ewc.after_task(model, 0, batches)
     assert float(ewc.penalty(model, None, None)) == 0.0
 
-    ((fisher, anchor),) = ewc.importances
+    ((fisher, anchor),) = zip(ewc.fishers, ewc.anchors)
     weight = model.input_projector[0].weight
     with torch.no_grad():
         weight.add_(0.1)
@@ -67,7 +67,12 @@ def test_separate_mode_keeps_one_fisher_per_task_online_mode_one_running_fisher(
     for task_id in range(2):
         separate.after_task(model, task_id, batches)
         online.after_task(model, task_id, batches)
-    assert len(separate.importances) == 2 and len(online.importances) == 1
+    assert len(separate.fishers) == 2 and len(online.fishers) == 1
     name = "input_projector.0.weight"
-    first, second = separate.importances[0][0][name], separate.importances[1][0][name]
-    assert torch.allclose(online.importances[0][0][name], second + 0.5 * first)
+    first, second = separate.fishers[0][name], separate.fishers[1][name]
+    assert torch.allclose(online.fishers[0][name], second + 0.5 * first)
+
+
+def test_a_decay_in_separate_mode_is_refused():
+    with pytest.raises(ValueError, match="decay.*'online' only"):
+        EWC(mode="separate", decay=0.9)

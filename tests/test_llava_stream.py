@@ -10,8 +10,8 @@ from PIL import Image
 
 from contmm.cli import main
 from streams.llava import LLaVAStream, TaskFiles
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230), "white": (245, 245, 245)}
 
 
@@ -402,8 +402,9 @@ def cli_args(config: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def test_a_llava_stream_runs_end_to_end_through_the_cli(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)  # the config names experiments/ relative to the repository root
+@pytest.mark.slow
+@pytest.mark.usefixtures("in_repo")
+def test_a_llava_stream_runs_end_to_end_through_the_cli(tmp_path):
     out = tmp_path / "run"
     main(cli_args(write_cli_stream(tmp_path), out))
 
@@ -416,8 +417,8 @@ def test_a_llava_stream_runs_end_to_end_through_the_cli(tmp_path, monkeypatch):
     assert records[0]["question"].startswith("<image>\n") and isinstance(records[0]["answer"], list)
 
 
-def test_a_bad_file_stops_the_cli_before_training_with_one_message(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(REPO)
+@pytest.mark.usefixtures("in_repo")
+def test_a_bad_file_stops_the_cli_before_training_with_one_message(tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         main(cli_args(write_cli_stream(tmp_path, bad_test=True), out))
@@ -432,8 +433,8 @@ def test_a_bad_file_stops_the_cli_before_training_with_one_message(tmp_path, mon
     assert not out.exists()  # nothing of a run was written
 
 
-def test_the_example_config_composes_with_the_default(monkeypatch, capsys):
-    monkeypatch.chdir(REPO)
+@pytest.mark.usefixtures("in_repo")
+def test_the_example_config_composes_with_the_default(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(
             [

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from contmm.data import IGNORE_INDEX, InstructionCollator
 from contmm.model import MMLLM, BackboneConfig, EncoderConfig
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp", "resampler"])

@@ -5,17 +5,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from contmm.cli import main
 from contmm.data import InstructionCollator
 from strategies.projector_expansion import ProjectorExpansion, instruction_features
-from tests.conftest import TINY_RUN, start, train_steps
-
-
-def train_loader(model, task, size=16):
-    samples = [task.train[i] for i in range(size)]
-    return DataLoader(samples, batch_size=8, collate_fn=InstructionCollator(model, train=True))
+from tests.helpers import TINY_RUN, start, train_loader, train_steps
 
 
 def run_stream(model, strategy, stream):
@@ -115,6 +109,8 @@ def test_a_frozen_projector_is_refused(model, stream):
         ProjectorExpansion().setup(model, stream)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("in_repo")
 def test_the_cli_run_reports_routing_accuracy_and_routed_tasks_keep_their_scores(tmp_path):
     main(
         [

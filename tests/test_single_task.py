@@ -3,8 +3,7 @@
 import torch
 
 from strategies.single_task import SingleTask
-from tests.conftest import start, train_steps
-from tests.test_projector_expansion import train_loader
+from tests.helpers import start, train_loader, train_steps
 
 
 def test_every_task_starts_from_the_weights_the_first_one_started_from(model, stream):

@@ -11,7 +11,7 @@ from contmm.cli import main
 from contmm.data import InstructionCollator
 from contmm.module import ContinualModule, EvalConfig, OptimizerConfig, build_optimizer
 from contmm.strategy import Strategies, Strategy
-from tests.conftest import TINY_RUN
+from tests.helpers import TINY_RUN
 
 
 class Recorder(Strategy):
@@ -86,10 +86,9 @@ def test_the_optimizer_covers_what_is_trainable_now_with_the_projector_rate(mode
         build_optimizer(model, OptimizerConfig(), total_steps=10)
 
 
-def test_the_runner_calls_every_hook_at_its_stage(tmp_path, monkeypatch):
-    from tests.test_cli import REPO
-
-    monkeypatch.chdir(REPO)
+@pytest.mark.slow
+@pytest.mark.usefixtures("in_repo")
+def test_the_runner_calls_every_hook_at_its_stage(tmp_path):
     main(
         [
             "fit",

@@ -4,8 +4,9 @@ import csv
 import json
 import re
 
-from tests.conftest import TINY_RUN
-from tests.test_cli import REPO, run_fit
+import pytest
+
+from tests.helpers import REPO, TINY_RUN, run_fit
 
 
 def _readme_blocks(language: str) -> list[str]:
@@ -13,6 +14,7 @@ def _readme_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
 
 
+@pytest.mark.slow
 def test_the_readme_strategy_runs_from_the_users_own_module_by_class_path(tmp_path):
     modules = tmp_path / "my_lab"
     modules.mkdir()

@@ -12,12 +12,14 @@ from contmm.tokenizer import IMAGE_TOKEN
 
 @dataclass
 class BackboneConfig:
-    """Args:
-    config: transformers config fields, with ``model_type`` (random init; the vocabulary
-        size and special-token ids come from the tokenizer).
-    pretrained: a hub id or local directory holding the LM and its tokenizer.
-    freeze: keep the LM's own weights fixed (adapters added by a strategy still train).
-    trust_remote_code: allow a hub repository's own code (off unless set explicitly).
+    """The LLM Backbone: a transformers causal LM and its tokenizer.
+
+    Args:
+        config: transformers config fields, with ``model_type`` (random init; the vocabulary
+            size and special-token ids come from the tokenizer).
+        pretrained: a hub id or local directory holding the LM and its tokenizer.
+        freeze: keep the LM's own weights fixed (adapters added by a strategy still train).
+        trust_remote_code: allow a hub repository's own code (off unless set explicitly).
     """
 
     config: dict | None = None

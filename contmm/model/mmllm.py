@@ -27,11 +27,13 @@ COMPONENTS = ("encoder", "input_projector", "backbone")
 
 @dataclass
 class ModelConfig:
-    """Args:
-    encoder: the Modality Encoder (a transformers vision model).
-    input_projector: the Input Projector from encoder features to LLM embeddings.
-    backbone: the LLM Backbone (a transformers causal LM).
-    prompt: the instruction template; ``{question}`` holds the ``<image>`` placeholder.
+    """The multimodal LLM: its components and the instruction template.
+
+    Args:
+        encoder: the Modality Encoder (a transformers vision model).
+        input_projector: the Input Projector from encoder features to LLM embeddings.
+        backbone: the LLM Backbone (a transformers causal LM).
+        prompt: the instruction template; ``{question}`` holds the ``<image>`` placeholder.
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)

@@ -18,13 +18,15 @@ from torch import nn
 
 @dataclass
 class ProjectorConfig:
-    """Args:
-    kind: ``linear``, ``mlp`` or ``resampler``.
-    num_queries: learned query tokens of the resampler (its number of image tokens).
-    num_layers: cross-attention blocks of the resampler.
-    num_heads: attention heads of the resampler.
-    pretrained: a ``.safetensors`` file of this projector's weights (e.g. from alignment).
-    freeze: keep the projector's weights fixed during instruction tuning.
+    """The Input Projector: encoder features to the LLM's token embeddings.
+
+    Args:
+        kind: ``linear``, ``mlp`` or ``resampler``.
+        num_queries: learned query tokens of the resampler (its number of image tokens).
+        num_layers: cross-attention blocks of the resampler.
+        num_heads: attention heads of the resampler.
+        pretrained: a ``.safetensors`` file of this projector's weights (e.g. from alignment).
+        freeze: keep the projector's weights fixed during instruction tuning.
     """
 
     kind: Literal["linear", "mlp", "resampler"] = "mlp"
