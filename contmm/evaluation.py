@@ -33,6 +33,11 @@ class TaskScores(Metric):
         """(strict mean, lenient mean, samples scored) per task; means are NaN where none were."""
         return self.total / self.count, self.lenient_total / self.count, self.count
 
+    def per_task(self) -> tuple[torch.Tensor, ...]:
+        """``compute()`` with one value per task, whatever the number of tasks: torchmetrics
+        squeezes a one-element result to a 0-d tensor, which a one-task stream cannot index."""
+        return tuple(value.reshape(-1) for value in self.compute())
+
 
 @dataclass
 class Evaluation:

@@ -119,6 +119,12 @@ class ContinualModule(L.LightningModule):
             )
         return loss
 
+    def on_train_start(self) -> None:
+        # Pretrained transformers models load in eval mode and Lightning keeps each module's
+        # mode: without this, dropout stays off and gradient checkpointing does nothing.
+        # (Lightning's test loop switches to eval mode for evaluation and back.)
+        self.model.train()
+
     def on_train_end(self) -> None:
         # Still on the training device and inside the process group, as after_task needs.
         if self.task_id is not None:
@@ -171,7 +177,7 @@ class ContinualModule(L.LightningModule):
             self._predictions[task_id].append(record)
 
     def on_test_epoch_end(self) -> None:
-        means, lenient, counts = self.scores.compute()  # reduced over ranks by torchmetrics
+        means, lenient, counts = self.scores.per_task()  # reduced over ranks by torchmetrics
         evaluated = [task_id for task_id, _ in self.trainer.datamodule.eval_tasks]
         scored = [j for j in evaluated if counts[j] > 0]
         shards = all_gather_objects(dict(self._predictions))
