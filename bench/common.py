@@ -12,8 +12,8 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser
 
-from contmm.data import InstructionCollator
 from contmm.model import MMLLM, ModelConfig
+from contmm.model.collate import InstructionCollator
 from contmm.stream import TaskStream
 
 T = TypeVar("T")

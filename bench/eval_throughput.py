@@ -20,8 +20,8 @@ import time
 import torch
 from common import alternating_rounds, bench_parser, load
 
-from contmm.data import InstructionCollator
 from contmm.model import MMLLM
+from contmm.model.collate import InstructionCollator, model_inputs
 
 
 def predict(model: MMLLM, batches: list[dict], max_new_tokens: int) -> tuple[list[str], float]:
@@ -29,9 +29,7 @@ def predict(model: MMLLM, batches: list[dict], max_new_tokens: int) -> tuple[lis
     predictions = []
     start = time.perf_counter()
     for batch in batches:
-        new_tokens = model.generate(
-            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=max_new_tokens
-        )
+        new_tokens = model.generate(model_inputs(batch), max_new_tokens)
         predictions += model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return [p.strip() for p in predictions], time.perf_counter() - start
 

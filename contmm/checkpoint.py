@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+
+from contmm.model import COMPONENTS, ComponentModel
 
 CHECKPOINTS = "checkpoints"
 
@@ -48,13 +49,10 @@ class TrainedWeights:
     keeps every tensor alive, so no id is reused by a new tensor.)
     """
 
-    def __init__(self, model: nn.Module, trained: set[str]) -> None:
+    def __init__(self, model: ComponentModel, trained: set[str]) -> None:
         self.model = model
         self.untrained_tensors = [
-            t
-            for name, module in model.named_children()
-            if name not in trained
-            for t in [*module.parameters(), *module.buffers()]
+            t for name in COMPONENTS if name not in trained for t in model.component_tensors(name)
         ]
         self.untrained = {id(t) for t in self.untrained_tensors}
 

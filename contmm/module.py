@@ -19,7 +19,8 @@ from transformers import get_cosine_schedule_with_warmup
 from contmm.distributed import all_gather_objects
 from contmm.evaluation import Evaluation, TaskScores
 from contmm.matrix import row_after
-from contmm.model import MMLLM
+from contmm.model import ComponentModel
+from contmm.model.collate import model_inputs
 from contmm.scoring import score
 from contmm.strategy import Strategies
 
@@ -60,7 +61,7 @@ class EvalConfig:
     reference: str | None = None
 
 
-def build_optimizer(model: MMLLM, cfg: OptimizerConfig, total_steps: int):
+def build_optimizer(model: ComponentModel, cfg: OptimizerConfig, total_steps: int):
     """AdamW over the parameters trainable now (projector at its own rate) and its schedule."""
     projector = {id(p) for p in model.input_projector.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -78,7 +79,7 @@ def build_optimizer(model: MMLLM, cfg: OptimizerConfig, total_steps: int):
 class ContinualModule(L.LightningModule):
     def __init__(
         self,
-        model: MMLLM,
+        model: ComponentModel,
         strategies: Strategies,
         optimizer: OptimizerConfig,
         evaluation: EvalConfig,
@@ -150,12 +151,7 @@ class ContinualModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         task_id, task = self.trainer.datamodule.eval_tasks[dataloader_idx]
         with self.strategies.eval_context(self.model, task_id, batch):
-            new_tokens = self.model.generate(
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["pixel_values"],
-                max_new_tokens=self.evaluation.max_new_tokens,
-            )
+            new_tokens = self.model.generate(model_inputs(batch), self.evaluation.max_new_tokens)
         predictions = [
             p.strip() for p in self.model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         ]

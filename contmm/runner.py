@@ -26,7 +26,7 @@ from contmm.distributed import status
 from contmm.environment import environment
 from contmm.matrix import ScoreMatrix, row_after
 from contmm.metrics import compute_metrics, tasks_to_evaluate
-from contmm.model import MMLLM, ModelConfig
+from contmm.model import ModelConfig, build_model
 from contmm.module import ContinualModule, EvalConfig, OptimizerConfig
 from contmm.results import RunDirectory, summary_table
 from contmm.rundata import load_run
@@ -91,7 +91,7 @@ class ContinualRun:
         self.pretrain, self.data = pretrain, data
         self.config = config
         self.run = RunDirectory(output_dir)
-        self.model = MMLLM.build(model, stream.texts())
+        self.model = build_model(model, stream.texts())
         trained = {
             *self.model.configured_trainable(),
             *(self.pretrain.trainable if self.pretrain.max_epochs else ()),

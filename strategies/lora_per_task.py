@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
@@ -41,9 +42,7 @@ class LoRAPerTask(Strategy):
         targets = target_modules if isinstance(target_modules, str) else list(target_modules)
         # Standard LoRA init (B = 0): each task starts from the base LLM itself, not from the
         # previous task's adapter, so no task's training is shaped by another's.
-        self.config = LoraConfig(
-            r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM"
-        )
+        self.config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
         self.model = None  # set in setup: state_dict / load_state_dict get no model
 
     def setup(self, model, stream) -> None:
@@ -63,7 +62,11 @@ class LoRAPerTask(Strategy):
         if isinstance(lm, PeftModel):
             lm.add_adapter(name, self.config)
         else:
-            model.backbone.lm = lm = get_peft_model(lm, self.config, adapter_name=name)
+            # A causal LM (an assembled backbone) is wrapped as one; a whole checkpoint's
+            # language model has no LM head of its own, and peft's causal-LM wrapper needs one.
+            causal = hasattr(lm, "prepare_inputs_for_generation")
+            config = replace(self.config, task_type="CAUSAL_LM" if causal else None)
+            model.backbone.lm = lm = get_peft_model(lm, config, adapter_name=name)
         lm.set_adapter(name)  # requires_grad: True on this adapter, False on the other adapters
 
     @staticmethod

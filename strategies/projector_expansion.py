@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
-from contmm.data import IGNORE_INDEX
 from contmm.distributed import all_reduce_sum
+from contmm.model.collate import IGNORE_INDEX
 from contmm.routing import RoutingAccuracy
 from contmm.strategy import Strategy
 
@@ -110,6 +110,11 @@ class ProjectorExpansion(Strategy):
         self.accuracy: RoutingAccuracy | None = None
 
     def setup(self, model, stream) -> None:
+        if model.cfg.pretrained:
+            raise ValueError(
+                "ProjectorExpansion works on assembled models (model.encoder / input_projector / "
+                "backbone) only, not yet on a whole checkpoint (model.pretrained)"
+            )
         if model.cfg.input_projector.freeze:
             raise ValueError(
                 "ProjectorExpansion trains one input projector per task: set "

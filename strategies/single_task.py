@@ -20,14 +20,16 @@ class SingleTask(Strategy):
 
     def setup(self, model, stream) -> None:
         self.start = {
-            name: {k: v.detach().to("cpu", copy=True) for k, v in getattr(model, name).state_dict().items()}
+            name: {
+                k: v.detach().to("cpu", copy=True) for k, v in model.components()[name].state_dict().items()
+            }
             for name in model.configured_trainable()
         }
 
     @torch.no_grad()
     def before_task(self, model, task_id) -> None:
         for name, state in self.start.items():
-            getattr(model, name).load_state_dict(state)
+            model.components()[name].load_state_dict(state)
 
     def state_dict(self) -> dict:
         return {"start": self.start}

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from contmm.cli import main
-from contmm.data import InstructionCollator
 from contmm.model import BackboneConfig, EncoderConfig, ModelConfig, ProjectorConfig
+from contmm.model.collate import InstructionCollator
 from contmm.module import ContinualModule
 
 REPO = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from contmm.data import InstructionCollator
+from contmm.model.collate import InstructionCollator
 from strategies.ewc import EWC
 
 

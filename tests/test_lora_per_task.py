@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from contmm.cli import main
-from contmm.data import InstructionCollator
 from contmm.model import MMLLM
+from contmm.model.collate import InstructionCollator
 from strategies.lora_per_task import LoRAPerTask
 from tests.helpers import TINY_RUN, start, train_steps
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from contmm.data import IGNORE_INDEX, InstructionCollator
 from contmm.model import MMLLM, BackboneConfig, EncoderConfig
+from contmm.model.collate import IGNORE_INDEX, InstructionCollator, model_inputs
 from tests.helpers import tiny_config
 
 
@@ -51,16 +51,13 @@ def test_batched_left_padded_generation_matches_one_sample_at_a_time(model, stre
     collate = InstructionCollator(model, train=False)
     batch = collate(samples)
     assert (batch["attention_mask"][:, 0] == 0).any(), "the batch should need left padding"
-    batched = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], 5)
+    batched = model.generate(model_inputs(batch), 5)
     assert batched.shape[1] <= 5  # only the new tokens come back
     decode = model.tokenizer.batch_decode
     singles = []
     for sample in samples:
         one = collate([sample])
-        singles += decode(
-            model.generate(one["input_ids"], one["attention_mask"], one["pixel_values"], 5),
-            skip_special_tokens=True,
-        )
+        singles += decode(model.generate(model_inputs(one), 5), skip_special_tokens=True)
     assert decode(batched, skip_special_tokens=True) == singles
 
 

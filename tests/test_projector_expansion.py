@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from contmm.cli import main
-from contmm.data import InstructionCollator
+from contmm.model.collate import InstructionCollator
 from strategies.projector_expansion import ProjectorExpansion, instruction_features
 from tests.helpers import TINY_RUN, start, train_loader, train_steps
 

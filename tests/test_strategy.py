@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from contmm.cli import main
-from contmm.data import InstructionCollator
+from contmm.model.collate import InstructionCollator
 from contmm.module import ContinualModule, EvalConfig, OptimizerConfig, build_optimizer
 from contmm.strategy import Strategies, Strategy
 from tests.helpers import TINY_RUN

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -18,33 +19,56 @@ from transformers import PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from contmm.model.backbone import BackboneConfig, LLMBackbone, load_tokenizer
+from contmm.model.collate import InstructionCollator
+from contmm.model.components import COMPONENTS, ComponentModel
 from contmm.model.encoder import EncoderConfig, ModalityEncoder
 from contmm.model.projector import ProjectorConfig, build_projector
 from contmm.tokenizer import IMAGE_TOKEN, build_word_tokenizer
 
-COMPONENTS = ("encoder", "input_projector", "backbone")
-
 
 @dataclass
 class ModelConfig:
-    """The multimodal LLM: its components and the instruction template.
+    """The multimodal LLM: one whole checkpoint, or its components assembled one by one.
 
     Args:
         encoder: the Modality Encoder (a transformers vision model).
         input_projector: the Input Projector from encoder features to LLM embeddings.
         backbone: the LLM Backbone (a transformers causal LM).
-        prompt: the instruction template; ``{question}`` holds the ``<image>`` placeholder.
+        prompt: the instruction template of an assembled model; ``{question}`` holds the
+            ``<image>`` placeholder (a whole checkpoint uses its own chat template).
+        pretrained: a whole image-text-to-text checkpoint (hub id or directory: LLaVA,
+            Qwen2-VL, Qwen2.5-VL); the components then only say what is frozen (their
+            ``config`` / ``pretrained`` stay unset).
+        dtype: of a whole checkpoint's weights (``auto``: as stored); the trained
+            components are kept in float32.
+        gradient_checkpointing: recompute a whole checkpoint's activations in the backward
+            pass (less memory, more compute).
+        attn_implementation: transformers' attention kernel for a whole checkpoint
+            (``eager``, ``sdpa``, ``flash_attention_2``; default: transformers' choice).
+        trust_remote_code: allow a whole checkpoint's own code (off unless set explicitly).
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     input_projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     prompt: str = "USER: {question} ASSISTANT:"
+    pretrained: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
 
 
-class MMLLM(nn.Module):
+class MMLLM(ComponentModel):
+    """The components built one by one (random init from configs, or each from its own
+    pretrained weights), merged LLaVA-style: projected image features replace the
+    ``<image>`` placeholders in the backbone's input embeddings."""
+
     def __init__(self, cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         super().__init__()
+        whole_only = {"dtype": "auto", "gradient_checkpointing": False, "attn_implementation": None}
+        if set_here := [f"model.{k}" for k, default in whole_only.items() if getattr(cfg, k) != default]:
+            raise ValueError(f"{', '.join(set_here)} apply to a whole checkpoint (model.pretrained) only")
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.encoder = ModalityEncoder(cfg.encoder)
@@ -66,18 +90,11 @@ class MMLLM(nn.Module):
             tokenizer = build_word_tokenizer([cfg.prompt, *texts])
         return cls(cfg, tokenizer)
 
-    def configured_trainable(self) -> list[str]:
-        """The components the config does not freeze."""
-        return [name for name in COMPONENTS if not getattr(self.cfg, name).freeze]
+    def components(self) -> dict[str, nn.Module]:
+        return {name: getattr(self, name) for name in COMPONENTS}
 
-    def set_trainable(self, components: Iterable[str]) -> None:
-        """Make exactly the named components trainable, and freeze the others."""
-        components = set(components)
-        unknown = components - set(COMPONENTS)
-        if unknown:
-            raise ValueError(f"unknown model component(s) {sorted(unknown)}; known: {list(COMPONENTS)}")
-        for name in COMPONENTS:
-            getattr(self, name).requires_grad_(name in components)
+    def collator(self, train: bool) -> InstructionCollator:
+        return InstructionCollator(self, train)
 
     def project_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.input_projector(self.encoder(pixel_values))
@@ -108,17 +125,11 @@ class MMLLM(nn.Module):
         )
 
     @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
-        max_new_tokens: int,
-    ) -> torch.Tensor:
+    def generate(self, batch: dict, max_new_tokens: int) -> torch.Tensor:
         """Greedy decoding of a left-padded batch with the KV cache; returns the new tokens."""
         return self.backbone.lm.generate(
-            inputs_embeds=self.embed(input_ids, pixel_values),
-            attention_mask=attention_mask,
+            inputs_embeds=self.embed(batch["input_ids"], batch["pixel_values"]),
+            attention_mask=batch["attention_mask"],
             max_new_tokens=max_new_tokens,
             do_sample=False,
         )

@@ -1,0 +1,86 @@
+"""From instruction samples to model batches.
+
+Training batches carry labels on the answer tokens only (``-100`` elsewhere); evaluation
+batches are left-padded prompts for batched generation, with the samples' ids, questions
+and answers beside the model inputs (``SAMPLE_FIELDS``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image
+
+if TYPE_CHECKING:
+    from contmm.model.mmllm import MMLLM
+
+IGNORE_INDEX = -100
+# What an evaluation batch says about its samples, beside the model's inputs.
+SAMPLE_FIELDS = ("ids", "questions", "answers")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The batch without its sample fields: what the model's forward / generate take."""
+    return {k: v for k, v in batch.items() if k not in SAMPLE_FIELDS}
+
+
+def sample_image(sample: dict) -> Image.Image:
+    image = sample["image"] if isinstance(sample["image"], Image.Image) else Image.open(sample["image"])
+    return image.convert("RGB")
+
+
+class InstructionCollator:
+    """Tokenise prompts (and answers), expand the image placeholder, preprocess images."""
+
+    def __init__(self, model: MMLLM, train: bool) -> None:
+        self.tokenizer = model.tokenizer
+        self.prompt = model.cfg.prompt
+        self.preprocess = model.encoder.preprocess
+        self.image_token_id = model.image_token_id
+        self.num_image_tokens = model.num_image_tokens
+        self.train = train
+
+    def _prompt_ids(self, sample: dict) -> list[int]:
+        text = self.prompt.format(question=sample["question"])
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if ids.count(self.image_token_id) != 1:
+            raise ValueError(
+                f"sample {sample['id']!r}: the prompt must hold exactly one <image> placeholder, "
+                f"found {ids.count(self.image_token_id)}: {text!r}"
+            )
+        at = ids.index(self.image_token_id)
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        return bos + ids[:at] + [self.image_token_id] * self.num_image_tokens + ids[at + 1 :]
+
+    def _answer_ids(self, sample: dict) -> list[int]:
+        ids = self.tokenizer(" " + sample["answer"], add_special_tokens=False)["input_ids"]
+        return ids + [self.tokenizer.eos_token_id]
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = {"pixel_values": self.preprocess([sample_image(s) for s in samples])}
+        prompts = [self._prompt_ids(s) for s in samples]
+        if self.train:
+            answers = [self._answer_ids(s) for s in samples]
+            sequences = [p + a for p, a in zip(prompts, answers)]
+            labels = [[IGNORE_INDEX] * len(p) + a for p, a in zip(prompts, answers)]
+            batch.update(self._pad(sequences, left=False))
+            batch["labels"] = self._pad_to(labels, IGNORE_INDEX, left=False)
+        else:
+            batch.update(self._pad(prompts, left=True))
+            batch["ids"] = [s["id"] for s in samples]
+            batch["questions"] = [s["question"] for s in samples]
+            batch["answers"] = [s["answer"] for s in samples]
+        return batch
+
+    def _pad(self, sequences: list[list[int]], left: bool) -> dict:
+        return {
+            "input_ids": self._pad_to(sequences, self.tokenizer.pad_token_id, left),
+            "attention_mask": self._pad_to([[1] * len(s) for s in sequences], 0, left),
+        }
+
+    @staticmethod
+    def _pad_to(sequences: list[list[int]], value: int, left: bool) -> torch.Tensor:
+        width = max(len(s) for s in sequences)
+        rows = [[value] * (width - len(s)) + s if left else s + [value] * (width - len(s)) for s in sequences]
+        return torch.tensor(rows, dtype=torch.long)

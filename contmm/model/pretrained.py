@@ -1,0 +1,116 @@
+"""A whole image-text-to-text checkpoint (LLaVA, Qwen2-VL, Qwen2.5-VL) as contmm's model.
+
+The checkpoint's own transformers model does the work, so transformers stays the
+reference: its forward gives the loss, its ``generate`` the predictions, and its processor
+builds the inputs (chat template, image-token expansion, image preprocessing). The survey's
+components are views onto the checkpoint's own submodules, not copies, so ``freeze:``,
+EWC and LoRA on the backbone act on the checkpoint itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+from contmm.model.chat import ChatCollator
+from contmm.model.components import ComponentModel
+
+# Where each supported family keeps the survey's components (attribute paths).
+FAMILIES = {
+    "llava": {"encoder": "model.vision_tower", "input_projector": "model.multi_modal_projector"},
+    "qwen2_vl": {"encoder": "model.visual", "input_projector": "model.visual.merger"},
+    "qwen2_5_vl": {"encoder": "model.visual", "input_projector": "model.visual.merger"},
+}
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LanguageBackbone(nn.Module):
+    """The LLM Backbone of a whole checkpoint: its language model (``lm``, where LoRA goes)
+    and its LM head."""
+
+    def __init__(self, lm: nn.Module, lm_head: nn.Module) -> None:
+        super().__init__()
+        self.lm, self.lm_head = lm, lm_head
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lm_head.in_features
+
+
+def load_checkpoint(cfg) -> tuple[nn.Module, object]:
+    """The checkpoint's model and processor; any weight that does not load is an error."""
+    path, remote = cfg.pretrained, cfg.trust_remote_code
+    model_type = AutoConfig.from_pretrained(path, trust_remote_code=remote).model_type
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"model.pretrained {path}: checkpoints of type {model_type!r} are not supported; "
+            f"supported: {', '.join(FAMILIES)} (or assemble the model from model.encoder, "
+            "model.input_projector and model.backbone)"
+        )
+    model, report = AutoModelForImageTextToText.from_pretrained(
+        path,
+        dtype=DTYPES[cfg.dtype],
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=remote,
+        output_loading_info=True,
+    )
+    problems = {k: sorted(v) for k, v in report.items() if k != "error_msgs" and v}
+    if problems or report.get("error_msgs"):
+        details = "; ".join(f"{kind} {len(keys)}: {keys[:5]}" for kind, keys in problems.items())
+        raise ValueError(
+            f"model.pretrained {path}: not every weight loaded ({details or report['error_msgs']}): "
+            "a weight left at random init would train and score silently wrong"
+        )
+    return model, AutoProcessor.from_pretrained(path, trust_remote_code=remote)
+
+
+def _cast_inputs_to_parameters(module: nn.Module, args: tuple) -> tuple:
+    """A trainable component kept in float32 behind a frozen half-precision one."""
+    dtype = next(module.parameters()).dtype
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+class PretrainedMMLLM(ComponentModel):
+    """``model.pretrained``: one checkpoint, its components by name, its processor."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.hf, self.processor = load_checkpoint(cfg)
+        self.family = FAMILIES[self.hf.config.model_type]
+        self.tokenizer = self.processor.tokenizer
+        self.image_token_id = self.hf.config.image_token_id
+        # A view, not a child module: the checkpoint (``hf``) owns every weight once.
+        self.__dict__["backbone"] = LanguageBackbone(self.hf.model.language_model, self.hf.lm_head)
+        for name in self.configured_trainable():
+            self.components()[name].float()  # trained in float32, whatever the stored dtype
+        self.input_projector.register_forward_pre_hook(_cast_inputs_to_parameters)
+        if cfg.gradient_checkpointing:
+            # Non-reentrant checkpointing needs no inputs that require grad, so the hook
+            # transformers adds for that (also on a frozen vision tower) is taken off again.
+            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.hf.disable_input_require_grads()
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.hf.get_submodule(self.family["encoder"])
+
+    @property
+    def input_projector(self) -> nn.Module:
+        return self.hf.get_submodule(self.family["input_projector"])
+
+    def components(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "input_projector": self.input_projector, "backbone": self.backbone}
+
+    def collator(self, train: bool) -> ChatCollator:
+        return ChatCollator(self.processor, train)
+
+    def forward(self, **batch):
+        return self.hf(**batch)
+
+    @torch.no_grad()
+    def generate(self, batch: dict, max_new_tokens: int) -> torch.Tensor:
+        """The checkpoint's own greedy ``generate`` on a left-padded batch; the new tokens."""
+        tokens = self.hf.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        return tokens[:, batch["input_ids"].shape[1] :]

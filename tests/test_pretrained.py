@@ -1,0 +1,200 @@
+"""Whole checkpoints (`model.pretrained`): LLaVA and Qwen2-VL saved by transformers, loaded the
+way a user loads them, with transformers' own model classes as the oracle."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig
+
+from contmm.cli import main
+from contmm.model import ModelConfig, build_model
+from contmm.model.chat import chat_messages
+from contmm.model.collate import IGNORE_INDEX, model_inputs, sample_image
+from tests.checkpoints import save_checkpoint
+
+KINDS = ["llava", "qwen2_vl"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return {kind: save_checkpoint(kind, tmp_path_factory.mktemp(kind)) for kind in KINDS}
+
+
+@pytest.fixture
+def samples(stream):
+    # Two tasks' questions: prompts of different lengths, so batches are padded.
+    return [stream.tasks[j].train[i] for j in range(2) for i in range(2)]
+
+
+def oracle(directory):
+    """The checkpoint as transformers alone loads it."""
+    model = AutoModelForImageTextToText.from_pretrained(directory).eval()
+    return model, AutoProcessor.from_pretrained(directory)
+
+
+def with_images(messages: list[dict], sample: dict) -> list[dict]:
+    for message in messages:
+        for part in message["content"]:
+            if part["type"] == "image":
+                part["image"] = sample_image(sample)
+    return messages
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_training_loss_is_the_checkpoints_own_loss_on_the_assistant_tokens(kind, checkpoints, samples):
+    model = build_model(ModelConfig(pretrained=str(checkpoints[kind])), []).eval()
+    batch = model.collator(train=True)(samples)
+    with torch.no_grad():
+        ours = model(**batch).loss
+
+    reference, processor = oracle(checkpoints[kind])
+    conversations = [with_images(chat_messages(s, with_answer=True), s) for s in samples]
+    # transformers' own assistant mask ({% generation %} in the tiny templates) gives the labels.
+    inputs = processor.apply_chat_template(
+        conversations,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        return_assistant_tokens_mask=True,
+        processor_kwargs={"padding": True},
+    )
+    mask = inputs.pop("assistant_masks")
+    labels = inputs["input_ids"].masked_fill(mask == 0, IGNORE_INDEX)
+    assert int((batch["labels"] != IGNORE_INDEX).sum()) == int(mask.sum())  # the same tokens, counted
+    with torch.no_grad():
+        expected = reference(**inputs, labels=labels).loss
+    assert float(ours) == pytest.approx(float(expected), abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batched_predictions_equal_the_checkpoints_own_generate_sample_by_sample(kind, checkpoints, stream):
+    model = build_model(ModelConfig(pretrained=str(checkpoints[kind])), []).eval()
+    tests = [stream.tasks[j].test[i] for j in range(2) for i in range(3)]
+    batch = model.collator(train=False)(tests)
+    assert (batch["attention_mask"][:, 0] == 0).any(), "the batch should need left padding"
+    ours = model.tokenizer.batch_decode(model.generate(model_inputs(batch), 6), skip_special_tokens=True)
+
+    reference, processor = oracle(checkpoints[kind])
+    expected = []
+    for sample in tests:
+        inputs = processor.apply_chat_template(
+            with_images(chat_messages(sample, with_answer=False), sample),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
+        tokens = reference.generate(**inputs, max_new_tokens=6, do_sample=False)
+        expected += processor.batch_decode(
+            tokens[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+    assert ours == expected
+    assert any(expected), "random weights still generate words: the comparison can fail"
+
+
+def test_the_components_are_the_checkpoints_own_submodules_and_freeze_by_name(checkpoints):
+    llava = build_model(ModelConfig(pretrained=str(checkpoints["llava"])), [])
+    assert llava.encoder is llava.hf.model.vision_tower
+    assert llava.input_projector is llava.hf.model.multi_modal_projector
+    assert llava.backbone.lm is llava.hf.model.language_model and llava.backbone.lm_head is llava.hf.lm_head
+    llava.set_trainable(llava.configured_trainable())  # LLaVA's defaults: the tower frozen
+    assert not any(p.requires_grad for p in llava.encoder.parameters())
+    assert all(p.requires_grad for p in llava.input_projector.parameters())
+    assert all(p.requires_grad for p in llava.backbone.parameters())
+    # Every weight belongs to exactly one component.
+    owned = [
+        id(t) for name in ("encoder", "input_projector", "backbone") for t in llava.component_tensors(name)
+    ]
+    assert sorted(owned) == sorted({id(p) for p in llava.parameters()} | {id(b) for b in llava.buffers()})
+
+    # Qwen2-VL's projector (the patch merger) sits inside its vision tower.
+    qwen = build_model(ModelConfig(pretrained=str(checkpoints["qwen2_vl"])), [])
+    assert qwen.input_projector is qwen.hf.model.visual.merger
+    qwen.set_trainable(["input_projector"])
+    trainable = {n for n, p in qwen.named_parameters() if p.requires_grad}
+    assert trainable and all(".visual.merger." in n for n in trainable)
+    assert len(trainable) == len(list(qwen.input_projector.parameters()))
+
+
+def test_a_weight_that_does_not_load_is_an_error_naming_it(checkpoints, tmp_path):
+    broken = save_checkpoint("llava", tmp_path / "llava")
+    weights = load_file(broken / "model.safetensors")
+    tower = [k for k in weights if "vision_tower" in k]
+    save_file({k: v for k, v in weights.items() if k not in tower}, broken / "model.safetensors")
+    with pytest.raises(ValueError, match=r"not every weight loaded \(missing_keys") as error:
+        build_model(ModelConfig(pretrained=str(broken)), [])
+    assert "vision_tower" in str(error.value)
+
+
+def test_an_unsupported_architecture_is_named_with_the_supported_ones(tmp_path):
+    LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="'llama' are not supported; supported: llava, qwen2_vl, qwen2_5_vl"):
+        build_model(ModelConfig(pretrained=str(tmp_path)), [])
+
+
+def test_an_fp16_checkpoint_trains_its_trainable_components_in_float32(checkpoints, samples):
+    model = build_model(ModelConfig(pretrained=str(checkpoints["llava"]), dtype="float16"), [])
+    model.set_trainable(model.configured_trainable())
+    assert {p.dtype for p in model.encoder.parameters()} == {torch.float16}  # frozen: as loaded
+    assert {p.dtype for n in ("input_projector", "backbone") for p in model.components()[n].parameters()} == {
+        torch.float32
+    }
+    loss = model.train()(**model.collator(train=True)(samples)).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.input_projector.parameters())
+
+
+def saved_activations(model, batch) -> int:
+    """How many tensors autograd keeps for the backward pass of one training forward."""
+    count = 0
+
+    def pack(tensor):
+        nonlocal count
+        count += 1
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(**batch).loss.backward()
+    return count
+
+
+def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradients(checkpoints, samples):
+    counts, grads = {}, {}
+    for checkpointing in (False, True):
+        cfg = ModelConfig(pretrained=str(checkpoints["llava"]), gradient_checkpointing=checkpointing)
+        model = build_model(cfg, []).train()
+        model.set_trainable(model.configured_trainable())
+        counts[checkpointing] = saved_activations(model, model.collator(train=True)(samples))
+        grads[checkpointing] = model.backbone.lm_head.weight.grad
+    assert counts[True] < counts[False]
+    torch.testing.assert_close(grads[True], grads[False])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("in_repo")
+def test_fit_tunes_a_whole_checkpoint_with_lora_per_task(checkpoints, tmp_path):
+    config = tmp_path / "llava.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "model": {"pretrained": str(checkpoints["llava"]), "backbone": {"freeze": True}},
+                "stream": {
+                    "class_path": "streams.synthetic.SyntheticShapes",
+                    "init_args": {"tasks": ["colour", "shape"], "train_size": 16, "test_size": 6},
+                },
+                "strategies": [{"class_path": "strategies.lora_per_task.LoRAPerTask"}],
+                "data": {"batch_size": 8},
+                "eval": {"batch_size": 4, "max_new_tokens": 4},
+                "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+            }
+        )
+    )
+    main(["fit", "--config", str(config), "--output_dir", str(tmp_path / "run")])
+    results = json.loads((tmp_path / "run/results.json").read_text())
+    assert results["stages_completed"] == 2 and all(v is not None for row in results["matrix"] for v in row)
+    # The frozen LLM is not copied into the checkpoints: the adapters and the projector are.
+    saved = torch.load(tmp_path / "run/checkpoints/stage_2/model.pt", weights_only=True)
+    assert saved and all(".lora_" in k or "multi_modal_projector" in k for k in saved)
