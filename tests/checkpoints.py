@@ -16,6 +16,9 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
@@ -212,10 +215,68 @@ def qwen2vl_model(tokenizer) -> Qwen2VLForConditionalGeneration:
     return model
 
 
+def qwen25vl_processor() -> Qwen2_5_VLProcessor:
+    """Same tokenizer / image and video processors as Qwen2-VL; only the processor class differs."""
+    p = qwen2vl_processor()
+    return Qwen2_5_VLProcessor(
+        image_processor=p.image_processor,
+        tokenizer=p.tokenizer,
+        video_processor=p.video_processor,
+        chat_template=QWEN_TEMPLATE,
+    )
+
+
+def qwen25vl_model(tokenizer) -> Qwen2_5_VLForConditionalGeneration:
+    """Qwen2.5-VL: vision `hidden_size` is the ViT width, `out_hidden_size` the LM width,
+    plus window attention (`window_size`, `fullatt_block_indexes`), SwiGLU vision MLP
+    (`intermediate_size`), RMSNorm."""
+    torch.manual_seed(0)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    config = Qwen2_5_VLConfig(
+        vision_config={
+            "depth": 2,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_heads": 2,
+            "out_hidden_size": 32,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+        },
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 256,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": None,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
 def save_checkpoint(kind: str, directory: Path) -> Path:
-    """Build the tiny ``llava`` or ``qwen2_vl`` checkpoint and save model and processor."""
-    processor = {"llava": llava_processor, "qwen2_vl": qwen2vl_processor}[kind]()
-    model = {"llava": llava_model, "qwen2_vl": qwen2vl_model}[kind](processor.tokenizer)
+    """Build the tiny ``llava``, ``qwen2_vl`` or ``qwen2_5_vl`` checkpoint; save model and processor."""
+    processor = {"llava": llava_processor, "qwen2_vl": qwen2vl_processor, "qwen2_5_vl": qwen25vl_processor}[
+        kind
+    ]()
+    model = {"llava": llava_model, "qwen2_vl": qwen2vl_model, "qwen2_5_vl": qwen25vl_model}[kind](
+        processor.tokenizer
+    )
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory

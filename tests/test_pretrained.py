@@ -14,7 +14,7 @@ from contmm.model.chat import chat_messages
 from contmm.model.collate import IGNORE_INDEX, model_inputs, sample_image
 from tests.checkpoints import save_checkpoint
 
-KINDS = ["llava", "qwen2_vl"]
+KINDS = ["llava", "qwen2_vl", "qwen2_5_vl"]
 
 
 @pytest.fixture(scope="module")
