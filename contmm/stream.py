@@ -2,7 +2,9 @@
 
 A sample is a dict in the LLaVA / CoIN shape: ``{"id", "image", "question", "answer"}``,
 where ``image`` is a PIL image (or a path a stream resolves) and ``question`` holds the
-``<image>`` placeholder. A :class:`TaskStream` is an ordered list of :class:`Task`; it can be
+``<image>`` placeholder. A training sample of a multi-turn conversation also has
+``"followups"``: its later turns, ``[{"question", "answer"}, ...]`` (no image placeholder),
+trained on after the first answer. A :class:`TaskStream` is an ordered list of :class:`Task`; it can be
 viewed as an Avalanche benchmark with task labels, so Avalanche's experiences and storage
 policies work on it.
 """
@@ -50,8 +52,9 @@ class TaskStream:
                 for i in range(len(split)):
                     # A dataset may offer its text without loading the image (``text(i)``).
                     sample = split.text(i) if hasattr(split, "text") else split[i]
-                    yield sample["question"]
-                    yield sample["answer"]
+                    for turn in [sample, *sample.get("followups", [])]:
+                        yield turn["question"]
+                        yield turn["answer"]
 
     def benchmark(self):
         """The stream as an Avalanche benchmark: one experience per task, task label = index."""

@@ -6,8 +6,10 @@ Training files hold LLaVA conversations (a JSON list, or one JSON object per lin
      "conversations": [{"from": "human", "value": "<image>\\nWhat is on the table?"},
                        {"from": "gpt", "value": "a cup"}]}
 
-The first ``human`` turn is the question and the ``gpt`` turn right after it the answer; any
-later turns of a multi-turn conversation are left out (one sample per record).
+The first ``human`` turn is the question and the ``gpt`` turn right after it the answer; the
+later human / gpt pairs of a multi-turn conversation are its follow-ups, trained on with the
+first (labels on every answer, one sample per record; ``turns: first`` leaves them out).
+Only the first question may hold the ``<image>`` placeholder.
 
 Test files hold CoIN records, or conversations as above::
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import Literal
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -66,6 +69,7 @@ class Sample:
     image: Path
     question: str
     answer: str | list[str]
+    followups: tuple[tuple[str, str], ...] = ()  # later (question, answer) turns
 
 
 class LLaVADataset(Dataset):
@@ -80,7 +84,10 @@ class LLaVADataset(Dataset):
     def text(self, index: int) -> dict:
         """The sample without its image (cheap): id, question and answer."""
         sample = self.samples[index]
-        return {"id": sample.id, "question": sample.question, "answer": sample.answer}
+        text = {"id": sample.id, "question": sample.question, "answer": sample.answer}
+        if sample.followups:
+            text["followups"] = [{"question": q, "answer": a} for q, a in sample.followups]
+        return text
 
     def __getitem__(self, index: int) -> dict:
         with Image.open(self.samples[index].image) as image:
@@ -127,8 +134,8 @@ def _is_id(value: object) -> bool:
     return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
-def _conversation(record: dict) -> tuple[str, str]:
-    """The first human turn and the gpt turn right after it."""
+def _conversation(record: dict) -> list[tuple[str, str]]:
+    """The (human, gpt) turn pairs, from the first human turn on."""
     turns = _field(record, "conversations")
     if not isinstance(turns, list):
         raise RecordError(f"field 'conversations': expected a list of turns, got {_describe(turns)}")
@@ -145,12 +152,23 @@ def _conversation(record: dict) -> tuple[str, str]:
     human = next((i for i, turn in enumerate(turns) if turn["from"] == "human"), None)
     if human is None:
         raise RecordError("field 'conversations': no turn from 'human'")
-    if human + 1 == len(turns) or turns[human + 1]["from"] != "gpt":
-        raise RecordError(f"field 'conversations': the human turn {human} is not followed by a 'gpt' answer")
-    answer = turns[human + 1]["value"]
-    if not answer.strip():
-        raise RecordError(f"field 'conversations': the gpt answer in turn {human + 1} is empty")
-    return turns[human]["value"], answer
+    pairs = []
+    for i in range(human, len(turns), 2):
+        if turns[i]["from"] != "human":
+            raise RecordError(
+                f"field 'conversations', turn {i}: expected a 'human' turn, got {turns[i]['from']!r}"
+            )
+        if i + 1 == len(turns) or turns[i + 1]["from"] != "gpt":
+            raise RecordError(f"field 'conversations': the human turn {i} is not followed by a 'gpt' answer")
+        if not turns[i + 1]["value"].strip():
+            raise RecordError(f"field 'conversations': the gpt answer in turn {i + 1} is empty")
+        if i > human and IMAGE_TOKEN in turns[i]["value"]:
+            raise RecordError(
+                f"field 'conversations', turn {i}: {IMAGE_TOKEN} in a follow-up question; "
+                "only the first question shows the image"
+            )
+        pairs.append((turns[i]["value"], turns[i + 1]["value"]))
+    return pairs
 
 
 def _references(record: dict) -> str | list[str]:
@@ -225,10 +243,13 @@ def _json_lines_error(text: str, label: str, number: int, error: json.JSONDecode
 class _Reader:
     """Reads and checks the files of a stream; each image is verified once, however often it is named."""
 
-    def __init__(self, image_root: Path, require_image_token: bool, max_samples: int | None) -> None:
+    def __init__(
+        self, image_root: Path, require_image_token: bool, max_samples: int | None, followups: bool
+    ) -> None:
         self.image_root = image_root
         self.require_image_token = require_image_token
         self.max_samples = max_samples
+        self.followups = followups
         self.image_problems: dict[Path, str | None] = {}
 
     def task(self, files: TaskFiles) -> Task:
@@ -264,6 +285,7 @@ class _Reader:
     def _sample(self, record: object, test: bool, scorer: str) -> Sample:
         if not isinstance(record, dict):
             raise RecordError(f"expected a JSON object, got {_describe(record)}")
+        followups = ()
         if test and "conversations" not in record:
             record_id = _record_id(record, "question_id")
             hint = " (test records hold 'text' and 'answer', or 'conversations')"
@@ -271,15 +293,17 @@ class _Reader:
             answer = _references(record)
         else:
             record_id = _record_id(record, "id")
-            question, answer = _conversation(record)
+            (question, answer), *later = _conversation(record)
             field = "field 'conversations', first human turn"
             question = _with_image_token(question, not self.require_image_token, field)
+            # A test record is one question; training takes the follow-ups unless turns: first.
+            followups = tuple(later) if self.followups and not test else ()
         if test and scorer == "multiple_choice":
             # Checked now: the scorer would otherwise fail at the first evaluation, after training.
             for reference in [answer] if isinstance(answer, str) else answer:
                 if extract_choice(reference) is None:
                     raise RecordError(f"answer {reference!r} names no option letter (scorer multiple_choice)")
-        return Sample(record_id, self._image(record), question, answer)
+        return Sample(record_id, self._image(record), question, answer, followups)
 
     def _image(self, record: dict) -> Path:
         """The record's image, resolved inside the image root and checked to open."""
@@ -332,6 +356,8 @@ class LLaVAStream(TaskStream):
         pretrain: training conversations for MM pre-training (alignment); none: no pre-training task.
         max_samples: use (and check) only the first this many records of every file; none: all.
         require_image_token: a conversation without ``<image>`` is an error; false puts one in front.
+        turns: ``all``: train on every answer of a multi-turn conversation; ``first``: on the
+            first question and answer only. (Test records are one question either way.)
     """
 
     def __init__(
@@ -341,9 +367,10 @@ class LLaVAStream(TaskStream):
         pretrain: str | None = None,
         max_samples: int | None = None,
         require_image_token: bool = True,
+        turns: Literal["all", "first"] = "all",
     ) -> None:
         _check_settings(tasks, image_root, max_samples)
-        reader = _Reader(Path(image_root).resolve(), require_image_token, max_samples)
+        reader = _Reader(Path(image_root).resolve(), require_image_token, max_samples, turns == "all")
         self.tasks = [reader.task(files) for files in tasks]
         if pretrain is not None:
             train = reader.read(pretrain, f"pretrain file {pretrain}", test=False, scorer="exact_match")

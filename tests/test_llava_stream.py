@@ -449,3 +449,77 @@ def test_the_example_config_composes_with_the_default(capsys):
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "class_path: streams.llava.LLaVAStream" in printed and "scorer: vqa_accuracy" in printed
+
+
+# ----------------------------------------------------------------------------- multi-turn
+
+
+def two_turns(record_id, image: str, first: tuple[str, str], second: tuple[str, str]) -> dict:
+    record = conversation(record_id, image, *first)
+    record["conversations"] += [{"from": "human", "value": second[0]}, {"from": "gpt", "value": second[1]}]
+    return record
+
+
+def test_a_conversations_later_turns_are_follow_ups_unless_turns_first(tmp_path, root):
+    train = [two_turns("t0", "red.png", ("<image>\nwhat colour ?", "red"), ("is it bright ?", "no"))]
+    sample = stream_with(tmp_path, root, train=train).tasks[0].train[0]
+    assert (sample["question"], sample["answer"]) == ("<image>\nwhat colour ?", "red")
+    assert sample["followups"] == [{"question": "is it bright ?", "answer": "no"}]
+    assert "followups" not in stream_with(tmp_path, root, train=train, turns="first").tasks[0].train[0]
+    # A test record is one question: a conversation's follow-ups are not test questions.
+    assert "followups" not in stream_with(tmp_path, root, test=train).tasks[0].test[0]
+
+
+def test_an_image_placeholder_in_a_follow_up_is_named(tmp_path, root):
+    train = [two_turns("t0", "red.png", ("<image>\nwhat colour ?", "red"), ("<image> and now ?", "no"))]
+    message = error_of(tmp_path, root, train=train)
+    assert "(id 't0'): field 'conversations', turn 2: <image> in a follow-up question" in message
+
+
+BRIGHT = {"red": "no", "green": "no", "blue": "no", "white": "yes"}
+
+
+def write_follow_up_stream(tmp_path: Path, turns: str) -> Path:
+    """One task whose test asks "is it bright ?", a question training asks only as a follow-up
+    to "what colour is it ?"."""
+    images = tmp_path / "images"
+    for colour in COLOURS:
+        write_image(images / f"{colour}.png", colour, size=32)
+    # Colour and shape are asked in either order, so the model learns to answer a question
+    # wherever it comes; brightness only ever comes second.
+    colour, shape = ("what colour is it ?", lambda c: c), ("what shape is it ?", lambda c: "a square")
+    bright = ("is it bright ?", BRIGHT.get)
+    orders = [(colour, shape), (shape, colour), (colour, bright), (shape, bright)]
+    train = [
+        two_turns(
+            i,
+            f"{c}.png",
+            *((f"<image>\n{q}" if n == 0 else q, a(c)) for n, (q, a) in enumerate(orders[i % 4])),
+        )
+        for i, c in enumerate([c for c in COLOURS for _ in range(4)] * 8)
+    ]
+    test = [coin(i, f"{c}.png", "is it bright ?", BRIGHT[c]) for i, c in enumerate(list(COLOURS) * 2)]
+    task = {
+        "name": "bright",
+        "train": write_json(tmp_path / "train.json", train),
+        "test": write_json(tmp_path / "test.json", test),
+    }
+    config = tmp_path / f"stream_{turns}.yaml"
+    stream = {"tasks": [task], "image_root": str(images), "turns": turns}
+    config.write_text(
+        json.dumps({"stream": {"class_path": "streams.llava.LLaVAStream", "init_args": stream}})
+    )
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("in_repo")
+def test_a_skill_asked_only_in_follow_up_turns_is_learnt_and_turns_first_does_not_learn_it(tmp_path):
+    scores = {}
+    for turns in ("all", "first"):
+        out = tmp_path / turns
+        args = cli_args(write_follow_up_stream(tmp_path, turns), out)
+        main([*args, "--trainer.max_epochs", "20", "--optimizer.lr", "0.003"])
+        scores[turns] = json.loads((out / "results.json").read_text())["matrix"][1][0]
+    assert scores["all"] == 1.0
+    assert scores["first"] == 0.0

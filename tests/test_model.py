@@ -39,6 +39,21 @@ def test_loss_is_computed_on_the_answer_tokens_only(model, stream):
     assert torch.isfinite(model(**batch).loss)
 
 
+def test_every_answer_of_a_multi_turn_sample_is_labelled_and_no_question(model, stream):
+    sample = {
+        **stream.tasks[0].train[0],
+        "followups": [
+            {"question": "how many shapes ?", "answer": "two"},
+            {"question": "and now ?", "answer": "red"},
+        ],
+    }
+    batch = InstructionCollator(model, train=True)([sample])
+    words = model.tokenizer.decode(batch["labels"][0][batch["labels"][0] != IGNORE_INDEX])  # with each eos
+    assert words.split() == [sample["answer"], "</s>", "two", "</s>", "red", "</s>"]
+    everything = model.tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
+    assert "how many shapes" in everything and everything.count("assistant") == 3  # lower-cased words
+
+
 def test_a_prompt_without_the_image_placeholder_is_refused(model, stream):
     sample = dict(stream.tasks[0].train[0], question="what colour is it ?")
     with pytest.raises(ValueError, match="colour-train-0.*exactly one <image>"):

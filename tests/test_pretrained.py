@@ -24,8 +24,15 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture
 def samples(stream):
-    # Two tasks' questions: prompts of different lengths, so batches are padded.
-    return [stream.tasks[j].train[i] for j in range(2) for i in range(2)]
+    # Two tasks' questions: prompts of different lengths, so batches are padded; two samples
+    # are conversations of two and three turns, whose every answer is trained on.
+    samples = [stream.tasks[j].train[i] for j in range(2) for i in range(2)]
+    samples[1]["followups"] = [{"question": "how many shapes are there ?", "answer": "two"}]
+    samples[2]["followups"] = [
+        {"question": "what colour ?", "answer": "red"},
+        {"question": "and now ?", "answer": "blue"},
+    ]
+    return samples
 
 
 def oracle(directory):
@@ -50,7 +57,7 @@ def test_the_training_loss_is_the_checkpoints_own_loss_on_the_assistant_tokens(k
         ours = model(**batch).loss
 
     reference, processor = oracle(checkpoints[kind])
-    conversations = [with_images(chat_messages(s, with_answer=True), s) for s in samples]
+    conversations = [with_images(chat_messages(s, with_answers=True), s) for s in samples]
     # transformers' own assistant mask ({% generation %} in the tiny templates) gives the labels.
     inputs = processor.apply_chat_template(
         conversations,
@@ -80,7 +87,7 @@ def test_batched_predictions_equal_the_checkpoints_own_generate_sample_by_sample
     expected = []
     for sample in tests:
         inputs = processor.apply_chat_template(
-            with_images(chat_messages(sample, with_answer=False), sample),
+            with_images(chat_messages(sample, with_answers=False), sample),
             add_generation_prompt=True,
             tokenize=True,
             return_dict=True,

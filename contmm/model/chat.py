@@ -1,12 +1,12 @@
 """Batches built by a checkpoint's own processor from its chat template.
 
 A sample's question holds the ``<image>`` placeholder where the image goes; it becomes one
-user message (text and image parts) and, for training, the answer one assistant message.
-The processor renders them with the checkpoint's chat template, expands the image tokens
-and preprocesses the images. Labels cover the assistant's answer up to and including the
-first end-of-sequence token after the prompt: the tokens the rendering of the whole
-conversation adds to the rendering of its prompt (which any template gives, with or
-without ``{% generation %}`` markers).
+user message (text and image parts) and, for training, the answer one assistant message,
+followed by the sample's follow-up turns. The processor renders them with the checkpoint's
+chat template, expands the image tokens and preprocesses the images. Labels cover each
+assistant answer up to and including its first end-of-sequence token: it starts where the
+rendering of the conversation up to its question (with the generation prompt) ends, which
+any template gives, with or without ``{% generation %}`` markers.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from contmm.model.collate import IGNORE_INDEX, sample_image
 from contmm.tokenizer import IMAGE_TOKEN
 
 
-def chat_messages(sample: dict, with_answer: bool) -> list[dict]:
-    """The sample as chat messages: the question (text around its image) and the answer."""
+def chat_messages(sample: dict, with_answers: bool) -> list[dict]:
+    """The sample as chat messages: the question (text around its image), then with
+    ``with_answers`` its answer and the follow-up turns."""
     before, placeholder, after = sample["question"].partition(IMAGE_TOKEN)
     if not placeholder:
         raise ValueError(f"sample {sample['id']!r}: the question has no {IMAGE_TOKEN} placeholder")
@@ -27,8 +28,14 @@ def chat_messages(sample: dict, with_answer: bool) -> list[dict]:
     if after.strip():
         parts.append({"type": "text", "text": after.strip()})
     messages = [{"role": "user", "content": parts}]
-    if with_answer:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": sample["answer"]}]})
+    if with_answers:
+        for turn, answer in enumerate(
+            [sample["answer"], *(t["answer"] for t in sample.get("followups", []))]
+        ):
+            if turn:
+                question = sample["followups"][turn - 1]["question"]
+                messages.append({"role": "user", "content": [{"type": "text", "text": question}]})
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return messages
 
 
@@ -46,8 +53,8 @@ class ChatCollator:
 
     def __call__(self, samples: list[dict]) -> dict:
         images = [sample_image(s) for s in samples]
-        prompts = [self.render(chat_messages(s, with_answer=False), prompt=True) for s in samples]
         if not self.train:
+            prompts = [self.render(chat_messages(s, with_answers=False), prompt=True) for s in samples]
             batch = dict(self.encode(prompts, images, "left"))
             batch.update(
                 ids=[s["id"] for s in samples],
@@ -55,29 +62,31 @@ class ChatCollator:
                 answers=[s["answer"] for s in samples],
             )
             return batch
-        texts = [self.render(chat_messages(s, with_answer=True), prompt=False) for s in samples]
-        for sample, prompt, text in zip(samples, prompts, texts):
-            if not text.startswith(prompt):
-                raise ValueError(
-                    f"sample {sample['id']!r}: the chat template renders the conversation {text!r}, "
-                    f"which does not start with its prompt {prompt!r}: the answer cannot be located"
-                )
-        batch = dict(self.encode(texts, images, "right"))
-        batch["labels"] = self.labels(samples, batch, self.encode(prompts, images, "right"))
+        conversations = [chat_messages(s, with_answers=True) for s in samples]
+        batch = dict(self.encode([self.render(m, prompt=False) for m in conversations], images, "right"))
+        batch["labels"] = self.labels(samples, conversations, images, batch)
         return batch
 
-    def labels(self, samples: list[dict], batch: dict, prompts: dict) -> torch.Tensor:
-        """``input_ids`` on each answer (to its first end-of-sequence token), -100 elsewhere."""
-        labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
-        eos = self.processor.tokenizer.eos_token_id
+    def labels(self, samples: list[dict], conversations: list[list[dict]], images: list, batch: dict):
+        """``input_ids`` on each assistant answer (to its first end-of-sequence token), -100
+        elsewhere. Answer k starts where the rendering of the conversation up to its k-th
+        question, with the generation prompt, ends."""
+        input_ids, labels = batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX)
         lengths = batch["attention_mask"].sum(1).tolist()
-        for row, start in enumerate(prompts["attention_mask"].sum(1).tolist()):
-            if not torch.equal(batch["input_ids"][row, :start], prompts["input_ids"][row, :start]):
-                raise ValueError(
-                    f"sample {samples[row]['id']!r}: the tokens of the conversation do not start with "
-                    "the tokens of its prompt: the answer cannot be located"
-                )
-            answer = batch["input_ids"][row, start : lengths[row]].tolist()
-            end = start + (answer.index(eos) + 1 if eos in answer else len(answer))
-            labels[row, start:end] = batch["input_ids"][row, start:end]
+        eos = self.processor.tokenizer.eos_token_id
+        for turn in range(max(len(m) for m in conversations) // 2):
+            rows = [row for row, messages in enumerate(conversations) if len(messages) > 2 * turn]
+            prefixes = [self.render(conversations[row][: 2 * turn + 1], prompt=True) for row in rows]
+            encoded = self.encode(prefixes, [images[row] for row in rows], "right")
+            for i, row in enumerate(rows):
+                start = int(encoded["attention_mask"][i].sum())
+                if not torch.equal(input_ids[row, :start], encoded["input_ids"][i, :start]):
+                    raise ValueError(
+                        f"sample {samples[row]['id']!r}: the chat template's rendering of the conversation "
+                        f"does not begin with that of its prompt {prefixes[i]!r}: answer {turn + 1} "
+                        "cannot be located"
+                    )
+                answer = input_ids[row, start : lengths[row]].tolist()
+                end = start + (answer.index(eos) + 1 if eos in answer else len(answer))
+                labels[row, start:end] = input_ids[row, start:end]
         return labels

@@ -53,21 +53,37 @@ class InstructionCollator:
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         return bos + ids[:at] + [self.image_token_id] * self.num_image_tokens + ids[at + 1 :]
 
-    def _answer_ids(self, sample: dict) -> list[int]:
-        ids = self.tokenizer(" " + sample["answer"], add_special_tokens=False)["input_ids"]
+    def _answer_ids(self, answer: str) -> list[int]:
+        ids = self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
         return ids + [self.tokenizer.eos_token_id]
+
+    def _conversation(self, sample: dict) -> tuple[list[int], list[int]]:
+        """The tokens of every turn's prompt and answer, and their labels (the answers only).
+        A follow-up question is put in the prompt template too; the image was in the first."""
+        turns = [(self._prompt_ids(sample), sample["answer"])] + [
+            (
+                self.tokenizer(" " + self.prompt.format(question=turn["question"]), add_special_tokens=False)[
+                    "input_ids"
+                ],
+                turn["answer"],
+            )
+            for turn in sample.get("followups", [])
+        ]
+        tokens, labels = [], []
+        for prompt, answer in turns:
+            answer_ids = self._answer_ids(answer)
+            tokens += prompt + answer_ids
+            labels += [IGNORE_INDEX] * len(prompt) + answer_ids
+        return tokens, labels
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = {"pixel_values": self.preprocess([sample_image(s) for s in samples])}
-        prompts = [self._prompt_ids(s) for s in samples]
         if self.train:
-            answers = [self._answer_ids(s) for s in samples]
-            sequences = [p + a for p, a in zip(prompts, answers)]
-            labels = [[IGNORE_INDEX] * len(p) + a for p, a in zip(prompts, answers)]
+            sequences, labels = zip(*(self._conversation(s) for s in samples))
             batch.update(self._pad(sequences, left=False))
             batch["labels"] = self._pad_to(labels, IGNORE_INDEX, left=False)
         else:
-            batch.update(self._pad(prompts, left=True))
+            batch.update(self._pad([self._prompt_ids(s) for s in samples], left=True))
             batch["ids"] = [s["id"] for s in samples]
             batch["questions"] = [s["question"] for s in samples]
             batch["answers"] = [s["answer"] for s in samples]
