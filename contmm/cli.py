@@ -1,5 +1,5 @@
 """The ``contmm`` command line: ``contmm fit --config experiments/seq_vqa.yaml``, then
-``contmm plot RUN... -o FILE.png`` and ``contmm report RUN...`` on the run directories.
+``contmm eval``, ``contmm plot RUN... -o FILE.png`` and ``contmm report RUN...``.
 
 jsonargparse owns the CLI (as in LitGPT): one parser per subcommand, configs in
 LightningCLI's layout (``trainer:``, ``class_path`` / ``init_args``), several ``--config``
@@ -17,7 +17,7 @@ import lightning as L
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
-from contmm import plot, report
+from contmm import evaluate, plot, report
 from contmm.rundata import load_run
 from contmm.runner import ContinualRun
 
@@ -65,11 +65,31 @@ def report_parser() -> ArgumentParser:
     return parser
 
 
-def build_parser(fit_cli: ArgumentParser) -> ArgumentParser:
+def eval_parser() -> ArgumentParser:
+    """``contmm eval``'s options: ``fit``'s, and the run whose weights are scored."""
+    parser = fit_parser()
+    parser.description = evaluate.__doc__.split("\n\n")[0]
+    parser.add_argument(
+        "--run",
+        type=str | None,
+        default=None,
+        help="a fit run directory: score its weights (default: as built)",
+    )
+    parser.add_argument(
+        "--stage",
+        type=int | None,
+        default=None,
+        help="the run's stage checkpoint to score (default: its newest)",
+    )
+    return parser
+
+
+def build_parser(fit_cli: ArgumentParser, eval_cli: ArgumentParser) -> ArgumentParser:
     parser = new_parser("Continual instruction tuning of multimodal LLMs.", prog="contmm")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subcommands = parser.add_subcommands()
     subcommands.add_subcommand("fit", fit_cli, help="run a continual stream end to end")
+    subcommands.add_subcommand("eval", eval_cli, help="score a model, or a run's stage, on a stream")
     subcommands.add_subcommand("plot", plot_parser(), help="plot run directories to an image")
     subcommands.add_subcommand("report", report_parser(), help="print a Markdown table of run metrics")
     return parser
@@ -115,8 +135,8 @@ def yaml_error(given: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    fit_cli = fit_parser()
-    parser = build_parser(fit_cli)
+    fit_cli, eval_cli = fit_parser(), eval_parser()
+    parser = build_parser(fit_cli, eval_cli)
     given = sys.argv[1:] if argv is None else argv
     try:
         cfg = parser.parse_args(given)
@@ -124,12 +144,14 @@ def main(argv: list[str] | None = None) -> None:
         # jsonargparse's message names the bad key, value or class_path; the full usage
         # it would print first buries it.
         error = yaml_error(given) or error
-        command = next((arg for arg in given if arg in ("fit", "plot", "report")), "fit")
+        command = next((arg for arg in given if arg in ("fit", "eval", "plot", "report")), "fit")
         print(f"contmm: error: {error}\n(`contmm {command} --help` lists every option)", file=sys.stderr)
         sys.exit(2)
     try:
         if cfg.subcommand == "fit":
             fit(fit_cli, cfg.fit)
+        elif cfg.subcommand == "eval":
+            evaluate.evaluate(build_run(eval_cli, cfg.eval), cfg.eval.run, cfg.eval.stage)
         elif cfg.subcommand == "plot":
             plot_command(cfg.plot)
         elif cfg.subcommand == "report":

@@ -50,9 +50,11 @@ class RunDirectory:
     def write_results(self, results: dict) -> None:
         self.write_text("results.json", json.dumps(results, indent=2) + "\n")
 
-    def write_predictions(self, stage: int, task: str, records: list[dict]) -> None:
+    def write_predictions(self, stage: int | None, task: str, records: list[dict]) -> None:
+        """``predictions/stage_<stage>/<task>.jsonl``; without a stage (an eval) ``predictions/<task>.jsonl``."""
         lines = "".join(json.dumps(r) + "\n" for r in sorted(records, key=lambda r: str(r["id"])))
-        self.write_text(f"predictions/stage_{stage}/{task}.jsonl", lines)
+        folder = "predictions" if stage is None else f"predictions/stage_{stage}"
+        self.write_text(f"{folder}/{task}.jsonl", lines)
 
 
 def summary_table(tasks: list[str], matrix: list[list[float | None]], metrics: dict) -> str:
