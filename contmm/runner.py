@@ -91,6 +91,8 @@ class ContinualRun:
         self.pretrain, self.data = pretrain, data
         self.config = config
         self.run = RunDirectory(output_dir)
+        # Before the model is built: a strategy whose package is missing stops the run here.
+        self.trainers = StageTrainers(trainer or {}, self.run)
         self.model = MMLLM.build(model, stream.texts())
         trained = {
             *self.model.configured_trainable(),
@@ -110,7 +112,6 @@ class ContinualRun:
             else None
         )
         self.scores = ScoreMatrix(stream.task_names)
-        self.trainers = StageTrainers(trainer or {}, self.run)
         # One logger pair across all stages, stage = step, so TensorBoard draws the scores
         # of every task over the stream (forgetting curves) without contmm.
         self.score_loggers = run_loggers(self.run, "scores")

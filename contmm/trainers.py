@@ -6,6 +6,7 @@ callbacks' state; each stage logs under ``logs/{csv,tensorboard}/<stage>/``.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,22 @@ def run_loggers(run: RunDirectory, version: str) -> list[Logger]:
     ]
 
 
+def check_strategy_installed(strategy: Any) -> None:
+    """Stop on a DeepSpeed strategy without DeepSpeed, before the model is built: Lightning
+    finds out only when the first Trainer is made, after the model is built."""
+    deepspeed = isinstance(strategy, str) and strategy.startswith("deepspeed")
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(
+            f"trainer.strategy {strategy!r} needs DeepSpeed, which is not installed (contmm does "
+            "not depend on it): `pip install deepspeed`, on a machine with a CUDA GPU"
+        )
+
+
 class StageTrainers:
     """Builds each stage's Trainer from the config's ``trainer:`` settings."""
 
     def __init__(self, settings: dict[str, Any], run: RunDirectory) -> None:
+        check_strategy_installed(settings.get("strategy"))
         self.settings, self.run = settings, run
 
     def __call__(self, stage: str, in_progress: Path | None = None, **overrides: Any) -> L.Trainer:

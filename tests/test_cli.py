@@ -1,9 +1,11 @@
 """`contmm fit`: a whole stream end to end, the run directory, and clear errors."""
 
+import importlib.util
 import json
 
 import pytest
 
+from contmm import runner
 from contmm.cli import main
 from tests.helpers import TINY_RUN, fit_error, run_fit
 
@@ -75,6 +77,22 @@ def test_an_error_inside_the_run_is_one_message_not_a_traceback(capsys, tmp_path
     # The stream's own message, not the list of types jsonargparse tried to build.
     assert message.startswith("contmm: error: unknown synthetic task(s) ['size']")
     assert "Subtypes" not in message
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="DeepSpeed is installed here")
+@pytest.mark.parametrize("strategy", ["deepspeed", "deepspeed_stage_2", "deepspeed_stage_3_offload"])
+def test_a_deepspeed_strategy_without_deepspeed_stops_before_the_model_is_built(
+    capsys, tmp_path, monkeypatch, strategy
+):
+    def build(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(runner.MMLLM, "build", build)
+    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(tmp_path), "--trainer.strategy", strategy)
+    first_line = message.splitlines()[0]
+    assert first_line.startswith(f"contmm: error: trainer.strategy {strategy!r} needs DeepSpeed")
+    assert "`pip install deepspeed`" in first_line and "CUDA GPU" in first_line
     assert not (tmp_path / "results.json").exists()
 
 
