@@ -14,6 +14,7 @@ import lightning as L
 
 from contmm.checkpoint import (
     Checkpoint,
+    CheckpointConfig,
     TrainedWeights,
     config_difference,
     in_progress_dir,
@@ -66,6 +67,7 @@ class ContinualRun:
         optimizer: the optimizer of every stage.
         data: training data loading.
         eval: evaluation after every stage.
+        checkpoint: the stage checkpoints kept in output_dir.
         trainer: Lightning Trainer arguments of every stage.
         config: the resolved config as ``yaml`` text and as a ``dict``, kept with the results.
     """
@@ -82,13 +84,14 @@ class ContinualRun:
         optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008 - a frozen dataclass
         data: DataConfig = DataConfig(),  # noqa: B008
         eval: EvalConfig = EvalConfig(),  # noqa: B008
+        checkpoint: CheckpointConfig = CheckpointConfig(),  # noqa: B008
         *,
         trainer: dict[str, Any] | None = None,
         config: dict[str, Any],
     ) -> None:
         L.seed_everything(seed, verbose=False)
         self.stream, self.seed, self.resume = stream, seed, resume
-        self.pretrain, self.data = pretrain, data
+        self.pretrain, self.data, self.checkpoint = pretrain, data, checkpoint
         self.config = config
         self.run = RunDirectory(output_dir)
         # Before the model is built: a strategy whose package is missing stops the run here.
@@ -208,7 +211,12 @@ class ContinualRun:
         if self.run.is_writer():
             state = {**self.scores.state_dict(), "config": self.config["dict"]}
             save_checkpoint(
-                self.run.path, stage, self.weights.state_dict(), self.strategies.state_dict(), state
+                self.run.path,
+                stage,
+                self.weights.state_dict(),
+                self.strategies.state_dict(),
+                state,
+                keep=self.checkpoint.keep,
             )
 
     def pretrain_stage(self) -> None:
