@@ -5,8 +5,9 @@
 - ``model.pt``: the model's tensors, except those of components no stage ever trains
   (rebuilt identically from the config), so a frozen pretrained LLM is not copied;
 - ``strategies.pt``: the strategies' state (replay memory, Fisher, adapters, ...);
-- ``state.json``: the stage, the matrix rows so far, the strategies' reports and the
-  resolved config the run was started with.
+- ``state.json``: the stage, the matrix rows so far, the strategies' reports, the
+  optimizer steps trained so far (where the user's loggers go on) and the resolved config
+  the run was started with.
 
 While stage i+1 trains, Lightning's ``last.ckpt`` (after each epoch) sits in
 ``checkpoints/stage_<i+1>_in_progress/``, so an interrupted stage goes on from its last

@@ -112,11 +112,21 @@ def test_print_config_shows_the_resolved_config(capsys):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_scores_every_test_sample_exactly_once(tmp_path):
-    """DDP on CPU (gloo): both ranks run the loop, rank 0 writes, shards do not overlap."""
-    out = tmp_path / "ddp"
-    done = run_fit(*TINY_RUN, "--output_dir", str(out), "--trainer.devices", "2", "--trainer.strategy", "ddp")
+def test_two_process_ddp_scores_every_test_sample_exactly_once_and_logs_on_rank_0_only(tmp_path):
+    """DDP on CPU (gloo): both ranks run the loop, rank 0 writes and logs, shards do not overlap."""
+    out, probes = tmp_path / "ddp", tmp_path / "probes"
+    probes.mkdir()
+    done = run_fit(
+        *TINY_RUN, "--output_dir", str(out), "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.logger", "{class_path: tests.probes.RankBlindLogger}", CONTMM_PROBE_DIR=str(probes),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    # A user's logger that does not check the rank itself is still used on rank 0 alone.
+    assert [p.name for p in probes.iterdir()] == ["logger_rank0.jsonl"]
+    logged = [json.loads(line) for line in (probes / "logger_rank0.jsonl").open()]
+    loss_steps = [entry["step"] for entry in logged if "train/loss" in entry["metrics"]]
+    assert loss_steps == list(range(len(loss_steps))) and loss_steps
+    assert [entry["step"] for entry in logged if "score/colour" in entry["metrics"]] == [0, 1, 2]
 
     results = json.loads((out / "results.json").read_text())
     assert results["env"]["world_size"] == 2 and results["env"]["global_batch_size"] == 16
