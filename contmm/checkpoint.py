@@ -5,15 +5,17 @@
 - ``model.pt``: the model's tensors, except those of components no stage ever trains
   (rebuilt identically from the config), so a frozen pretrained LLM is not copied;
 - ``strategies.pt``: the strategies' state (replay memory, Fisher, adapters, ...);
-- ``state.json``: the stage, the matrix rows so far, the strategies' reports and the
-  resolved config the run was started with.
+- ``state.json``: the stage, the matrix rows so far, the strategies' reports, the
+  optimizer steps trained so far (where the user's loggers go on) and the resolved config
+  the run was started with.
 
 While stage i+1 trains, Lightning's ``last.ckpt`` (after each epoch) sits in
 ``checkpoints/stage_<i+1>_in_progress/``, so an interrupted stage goes on from its last
 finished epoch.
 
 A checkpoint is written to a temporary directory and renamed into place, so a crash
-leaves either the whole of it or none; only the newest is kept. Tensors load with
+leaves either the whole of it or none; only the newest is kept unless ``checkpoint.keep``
+is ``all``. Tensors load with
 ``torch.load(weights_only=True)``: a checkpoint cannot run code.
 """
 
@@ -24,12 +26,26 @@ import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from contmm.model import COMPONENTS, ComponentModel
 
 CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """The stage checkpoints in ``checkpoints/stage_<i>/``.
+
+    Args:
+        keep: ``last`` keeps the newest stage's checkpoint only (all a resume needs);
+            ``all`` keeps every stage's, so that each stage's model can be evaluated later.
+            A resume goes on after the newest either way.
+    """
+
+    keep: Literal["last", "all"] = "last"
 
 
 @dataclass
@@ -80,9 +96,15 @@ class TrainedWeights:
 
 
 def save_checkpoint(
-    run_path: Path, stage: int, model_tensors: dict[str, torch.Tensor], strategies: dict, state: dict
+    run_path: Path,
+    stage: int,
+    model_tensors: dict[str, torch.Tensor],
+    strategies: dict,
+    state: dict,
+    keep: Literal["last", "all"],
 ) -> None:
-    """Write ``checkpoints/stage_<stage>`` atomically and remove the older ones."""
+    """Write ``checkpoints/stage_<stage>`` atomically; remove the older ones unless ``keep`` is
+    ``all``, and Lightning's in-progress files of the stage either way."""
     root = run_path / CHECKPOINTS
     tmp = root / f".stage_{stage}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -94,7 +116,7 @@ def save_checkpoint(
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for older in root.glob("stage_*"):
-        if older != final:
+        if older != final and (keep == "last" or older.name.endswith("_in_progress")):
             shutil.rmtree(older)
 
 

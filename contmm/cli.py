@@ -16,14 +16,15 @@ from pathlib import Path
 import lightning as L
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
+from lightning.pytorch.loggers import Logger
 
 from contmm import evaluate, plot, report
 from contmm.rundata import load_run
 from contmm.runner import ContinualRun
 
-# Trainer arguments the runner owns: one logger pair per stage under the run directory,
-# and its own samplers (seeded training shuffle, evaluation shards without duplicates).
-RUNNER_OWNED_TRAINER_ARGS = {"logger", "default_root_dir", "use_distributed_sampler"}
+# Trainer arguments the runner owns: the run directory, and its own samplers (seeded
+# training shuffle, evaluation shards without duplicates).
+RUNNER_OWNED_TRAINER_ARGS = {"default_root_dir", "use_distributed_sampler"}
 # ContinualRun's parameters that are not options of their own: the Trainer's arguments are
 # added from Trainer's signature, and the resolved config is the parse itself.
 RUNNER_ONLY = ("trainer", "config")
@@ -43,8 +44,19 @@ def fit_parser() -> ArgumentParser:
         L.Trainer,
         "trainer",
         instantiate=False,
-        skip=RUNNER_OWNED_TRAINER_ARGS,
+        skip=RUNNER_OWNED_TRAINER_ARGS | {"logger"},
         help="Lightning Trainer arguments of every stage",
+    )
+    # Not Lightning's type: these loggers go beside contmm's own, so true / false mean nothing.
+    parser.groups["trainer"].add_argument(
+        "--trainer.logger",
+        type=Logger | list[Logger] | None,
+        default=None,
+        help=(
+            "Lightning loggers (class_path / init_args: W&B, MLflow, CSV, ...) beside contmm's own, "
+            "built once: pre-training, every stage and every row's scores (step = stage) are one "
+            "run of theirs, training steps counted over the whole stream"
+        ),
     )
     return parser
 

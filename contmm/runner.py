@@ -14,6 +14,7 @@ import lightning as L
 
 from contmm.checkpoint import (
     Checkpoint,
+    CheckpointConfig,
     TrainedWeights,
     config_difference,
     in_progress_dir,
@@ -66,7 +67,9 @@ class ContinualRun:
         optimizer: the optimizer of every stage.
         data: training data loading.
         eval: evaluation after every stage.
-        trainer: Lightning Trainer arguments of every stage.
+        checkpoint: the stage checkpoints kept in output_dir.
+        trainer: Lightning Trainer arguments of every stage; ``logger`` adds loggers of
+            the user's (W&B, MLflow, ...) that log the whole run.
         config: the resolved config as ``yaml`` text and as a ``dict``, kept with the results.
     """
 
@@ -82,15 +85,18 @@ class ContinualRun:
         optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008 - a frozen dataclass
         data: DataConfig = DataConfig(),  # noqa: B008
         eval: EvalConfig = EvalConfig(),  # noqa: B008
+        checkpoint: CheckpointConfig = CheckpointConfig(),  # noqa: B008
         *,
         trainer: dict[str, Any] | None = None,
         config: dict[str, Any],
     ) -> None:
         L.seed_everything(seed, verbose=False)
         self.stream, self.seed, self.resume = stream, seed, resume
-        self.pretrain, self.data = pretrain, data
+        self.pretrain, self.data, self.checkpoint = pretrain, data, checkpoint
         self.config = config
         self.run = RunDirectory(output_dir)
+        # Before the model is built: a strategy whose package is missing stops the run here.
+        self.trainers = StageTrainers(trainer or {}, self.run)
         self.model = build_model(model, stream.texts())
         trained = {
             *self.model.configured_trainable(),
@@ -110,12 +116,16 @@ class ContinualRun:
             else None
         )
         self.scores = ScoreMatrix(stream.task_names)
-        self.trainers = StageTrainers(trainer or {}, self.run)
         # One logger pair across all stages, stage = step, so TensorBoard draws the scores
         # of every task over the stream (forgetting curves) without contmm.
         self.score_loggers = run_loggers(self.run, "scores")
 
     def fit(self) -> dict:
+        """Run the stream (see ``fit_stages``) as one run of the user's loggers."""
+        with self.trainers.logged_run():
+            return self.fit_stages()
+
+    def fit_stages(self) -> dict:
         """DESIGN's data flow: pre-training, row 0, then per task the strategies' hooks around
         a fresh Trainer, the task's row of R and a checkpoint; a run directory with completed
         stages goes on after the newest one."""
@@ -197,17 +207,28 @@ class ContinualRun:
             checkpoint.model, f"the checkpoint of stage {checkpoint.stage} in {self.run.path}"
         )
         self.scores.load_state_dict(checkpoint.state)
-        # A new CSV logger rewrites its file: log the restored rows again so it keeps them.
+        self.trainers.steps_before = checkpoint.state["trained_steps"]
+        # A new CSV logger rewrites its file, and the user's loggers start a new run unless
+        # their init_args name the old one: log the restored rows again so they hold them.
         for stage in range(checkpoint.stage + 1):
-            self.log_scores(stage, self.score_loggers[:1])
+            self.log_scores(stage, [self.score_loggers[0], *self.trainers.user_loggers])
         status(f"{self.run.path}: resuming after stage {checkpoint.stage} of {len(self.stream.tasks)}")
         return checkpoint.stage
 
     def save_checkpoint(self, stage: int) -> None:
         if self.run.is_writer():
-            state = {**self.scores.state_dict(), "config": self.config["dict"]}
+            state = {
+                **self.scores.state_dict(),
+                "trained_steps": self.trainers.trained_steps,
+                "config": self.config["dict"],
+            }
             save_checkpoint(
-                self.run.path, stage, self.weights.state_dict(), self.strategies.state_dict(), state
+                self.run.path,
+                stage,
+                self.weights.state_dict(),
+                self.strategies.state_dict(),
+                state,
+                keep=self.checkpoint.keep,
             )
 
     def pretrain_stage(self) -> None:
@@ -239,7 +260,8 @@ class ContinualRun:
         for task_id, records in evaluation.predictions.items():
             self.run.write_predictions(stage, self.stream.tasks[task_id].name, records)
         self.run.write_results(self.results(trainer, stage))
-        self.log_scores(stage, self.score_loggers)
+        # The user's loggers themselves, not their stage wrappers: step = stage, as in contmm's.
+        self.log_scores(stage, [*self.score_loggers, *self.trainers.user_loggers])
 
     def log_scores(self, stage: int, loggers: list) -> None:
         for logger in loggers:

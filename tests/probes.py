@@ -1,8 +1,8 @@
-"""Test-only strategies for 2-process runs, steered by environment variables.
+"""Test-only strategies and a logger for 2-process runs, steered by environment variables.
 
-The probes write what each DDP rank holds to ``$CONTMM_PROBE_DIR``, to compare ranks
-afterwards (a real strategy never touches the filesystem); ``CrashBeforeTask`` stops a
-run between stages.
+The probes write what each DDP rank holds, or logs, to ``$CONTMM_PROBE_DIR``, to compare
+ranks afterwards (a real strategy never touches the filesystem); ``CrashBeforeTask`` stops
+a run between stages.
 """
 
 import json
@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 import torch.distributed as dist
+from lightning.pytorch.loggers import Logger
 
 from contmm.strategy import Strategy
 from strategies.ewc import EWC
@@ -34,6 +35,22 @@ class EWCProbe(EWC):
         super().after_task(model, task_id, dataloader)
         fisher = self.fishers[-1]
         _write("ewc", task_id, {name: value.double().flatten().tolist() for name, value in fisher.items()})
+
+
+class RankBlindLogger(Logger):
+    """A user's logger that, unlike Lightning's, logs on whichever rank calls it: every
+    ``log_metrics`` call is a line of ``logger_rank<LOCAL_RANK>.jsonl``."""
+
+    name = "rank_blind"
+    version = 0
+
+    def log_metrics(self, metrics, step=None):
+        rank = os.environ.get("LOCAL_RANK", "0")  # set for the ranks Lightning launches
+        with (Path(os.environ["CONTMM_PROBE_DIR"]) / f"logger_rank{rank}.jsonl").open("a") as file:
+            file.write(json.dumps({"metrics": metrics, "step": step}) + "\n")
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
 
 
 class CrashBeforeTask(Strategy):

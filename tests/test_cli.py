@@ -1,9 +1,11 @@
 """`contmm fit`: a whole stream end to end, the run directory, and clear errors."""
 
+import importlib.util
 import json
 
 import pytest
 
+from contmm import runner
 from contmm.cli import main
 from tests.helpers import TINY_RUN, fit_error, run_fit
 
@@ -78,6 +80,22 @@ def test_an_error_inside_the_run_is_one_message_not_a_traceback(capsys, tmp_path
     assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="DeepSpeed is installed here")
+@pytest.mark.parametrize("strategy", ["deepspeed", "deepspeed_stage_2", "deepspeed_stage_3_offload"])
+def test_a_deepspeed_strategy_without_deepspeed_stops_before_the_model_is_built(
+    capsys, tmp_path, monkeypatch, strategy
+):
+    def build(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(runner, "build_model", build)
+    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(tmp_path), "--trainer.strategy", strategy)
+    first_line = message.splitlines()[0]
+    assert first_line.startswith(f"contmm: error: trainer.strategy {strategy!r} needs DeepSpeed")
+    assert "`pip install deepspeed`" in first_line and "CUDA GPU" in first_line
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_malformed_yaml_is_named_with_its_file(capsys, tmp_path):
     config = tmp_path / "broken.yaml"
     config.write_text("trainer:\n  max_epochs: [1, 2\n")
@@ -94,11 +112,21 @@ def test_print_config_shows_the_resolved_config(capsys):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_scores_every_test_sample_exactly_once(tmp_path):
-    """DDP on CPU (gloo): both ranks run the loop, rank 0 writes, shards do not overlap."""
-    out = tmp_path / "ddp"
-    done = run_fit(*TINY_RUN, "--output_dir", str(out), "--trainer.devices", "2", "--trainer.strategy", "ddp")
+def test_two_process_ddp_scores_every_test_sample_exactly_once_and_logs_on_rank_0_only(tmp_path):
+    """DDP on CPU (gloo): both ranks run the loop, rank 0 writes and logs, shards do not overlap."""
+    out, probes = tmp_path / "ddp", tmp_path / "probes"
+    probes.mkdir()
+    done = run_fit(
+        *TINY_RUN, "--output_dir", str(out), "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.logger", "{class_path: tests.probes.RankBlindLogger}", CONTMM_PROBE_DIR=str(probes),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    # A user's logger that does not check the rank itself is still used on rank 0 alone.
+    assert [p.name for p in probes.iterdir()] == ["logger_rank0.jsonl"]
+    logged = [json.loads(line) for line in (probes / "logger_rank0.jsonl").open()]
+    loss_steps = [entry["step"] for entry in logged if "train/loss" in entry["metrics"]]
+    assert loss_steps == list(range(len(loss_steps))) and loss_steps
+    assert [entry["step"] for entry in logged if "score/colour" in entry["metrics"]] == [0, 1, 2]
 
     results = json.loads((out / "results.json").read_text())
     assert results["env"]["world_size"] == 2 and results["env"]["global_batch_size"] == 16

@@ -106,6 +106,26 @@ def test_another_config_in_a_run_directory_is_refused_and_resume_false_starts_ov
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["stage_3"]
 
 
+def test_checkpoint_keep_all_keeps_every_stage_and_a_resume_goes_on_after_the_newest(
+    tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "all"
+    run = ["fit", *TINY_RUN, "--output_dir", str(out), "--checkpoint.keep", "all"]
+    with monkeypatch.context() as patch:
+        crash_in_training(patch, task_id=1)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            main(run)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["stage_0", "stage_1"]
+
+    main(run)
+    assert "resuming after stage 1 of 2" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["stage_0", "stage_1", "stage_2"]
+    for stage in range(3):
+        kept = out / f"checkpoints/stage_{stage}"
+        assert {p.name for p in kept.iterdir()} == {"model.pt", "strategies.pt", "state.json"}
+        assert json.loads((kept / "state.json").read_text())["stage"] == stage
+
+
 class Exploit:
     """Unpickled, it creates the file ``marker``: code of the pickle's choosing runs."""
 
