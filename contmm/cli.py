@@ -1,5 +1,6 @@
 """The ``contmm`` command line: ``contmm fit --config experiments/seq_vqa.yaml``, then
-``contmm eval``, ``contmm plot RUN... -o FILE.png`` and ``contmm report RUN...``.
+``contmm eval``, ``contmm export RUN -o DIR``, ``contmm plot RUN... -o FILE.png`` and
+``contmm report RUN...``.
 
 jsonargparse owns the CLI (as in LitGPT): one parser per subcommand, configs in
 LightningCLI's layout (``trainer:``, ``class_path`` / ``init_args``), several ``--config``
@@ -18,7 +19,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 from lightning.pytorch.loggers import Logger
 
-from contmm import evaluate, plot, report
+from contmm import evaluate, export, plot, report
 from contmm.rundata import load_run
 from contmm.runner import ContinualRun
 
@@ -96,12 +97,36 @@ def eval_parser() -> ArgumentParser:
     return parser
 
 
+def export_parser() -> ArgumentParser:
+    parser = new_parser(export.__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=str, help="the fit run directory (its config.yaml and checkpoints)")
+    parser.add_argument(
+        "--stage", type=int | None, default=None, help="the stage to export (default: the newest)"
+    )
+    parser.add_argument(
+        "-o", "--output", type=str, required=True, help="the directory to write (new or empty)"
+    )
+    return parser
+
+
+def export_command(cfg) -> None:
+    """Rebuild the run from its resolved config.yaml (from the directory it was run in) and export it."""
+    source = Path(cfg.run)
+    if not (source / "config.yaml").is_file():
+        raise ValueError(f"{source} is not a run directory: it has no config.yaml")
+    fit_cli = fit_parser()
+    run = build_run(fit_cli, fit_cli.parse_args(["--config", str(source / "config.yaml")]))
+    manifest = export.export(run, source, cfg.stage, Path(cfg.output))
+    print(f"wrote stage {manifest['stage']} of {source} to {cfg.output}")
+
+
 def build_parser(fit_cli: ArgumentParser, eval_cli: ArgumentParser) -> ArgumentParser:
     parser = new_parser("Continual instruction tuning of multimodal LLMs.", prog="contmm")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subcommands = parser.add_subcommands()
     subcommands.add_subcommand("fit", fit_cli, help="run a continual stream end to end")
     subcommands.add_subcommand("eval", eval_cli, help="score a model, or a run's stage, on a stream")
+    subcommands.add_subcommand("export", export_parser(), help="write a run's model for transformers / peft")
     subcommands.add_subcommand("plot", plot_parser(), help="plot run directories to an image")
     subcommands.add_subcommand("report", report_parser(), help="print a Markdown table of run metrics")
     return parser
@@ -156,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         # jsonargparse's message names the bad key, value or class_path; the full usage
         # it would print first buries it.
         error = yaml_error(given) or error
-        command = next((arg for arg in given if arg in ("fit", "eval", "plot", "report")), "fit")
+        command = next((arg for arg in given if arg in ("fit", "eval", "export", "plot", "report")), "fit")
         print(f"contmm: error: {error}\n(`contmm {command} --help` lists every option)", file=sys.stderr)
         sys.exit(2)
     try:
@@ -164,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
             fit(fit_cli, cfg.fit)
         elif cfg.subcommand == "eval":
             evaluate.evaluate(build_run(eval_cli, cfg.eval), cfg.eval.run, cfg.eval.stage)
+        elif cfg.subcommand == "export":
+            export_command(cfg.export)
         elif cfg.subcommand == "plot":
             plot_command(cfg.plot)
         elif cfg.subcommand == "report":

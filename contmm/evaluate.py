@@ -43,6 +43,21 @@ def same_vocabulary(run: ContinualRun, source: Path) -> None:
         )
 
 
+def load_stage(run: ContinualRun, source: Path, stage: int | None) -> int:
+    """Load the weights and strategy state of ``source``'s checkpoint of ``stage`` (default:
+    its newest) into ``run``'s model and strategies (set up already); returns the stage."""
+    checkpoint = load_checkpoint(stage_checkpoint(source, stage))
+    saved = {k: checkpoint.state["config"].get(k) for k in MODEL_SECTIONS}
+    if (
+        difference := config_difference(saved, {k: run.config["dict"][k] for k in MODEL_SECTIONS})
+    ) is not None:
+        raise ValueError(f"the config's model does not fit the weights of {source} ({difference})")
+    same_vocabulary(run, source)
+    run.strategies.load_state_dict(checkpoint.strategies)
+    run.weights.load_state_dict(checkpoint.model, f"the checkpoint of stage {checkpoint.stage} in {source}")
+    return checkpoint.stage
+
+
 def evaluate(run: ContinualRun, source: str | None = None, stage: int | None = None) -> dict:
     """Score every task of ``run``'s stream with its model, or with ``source``'s stage
     checkpoint; write ``results.json`` and ``predictions/<task>.jsonl`` to its output_dir."""
@@ -51,18 +66,7 @@ def evaluate(run: ContinualRun, source: str | None = None, stage: int | None = N
         raise ValueError(f"{run.run.path} holds a fit run's results: choose another --output_dir for eval")
     run.strategies.setup(run.model, run.stream)
     if source is not None:
-        checkpoint = load_checkpoint(stage_checkpoint(Path(source), stage))
-        saved = {k: checkpoint.state["config"].get(k) for k in MODEL_SECTIONS}
-        if (
-            difference := config_difference(saved, {k: run.config["dict"][k] for k in MODEL_SECTIONS})
-        ) is not None:
-            raise ValueError(f"the config's model does not fit the weights of {source} ({difference})")
-        same_vocabulary(run, Path(source))
-        run.strategies.load_state_dict(checkpoint.strategies)
-        run.weights.load_state_dict(
-            checkpoint.model, f"the checkpoint of stage {checkpoint.stage} in {source}"
-        )
-        stage = checkpoint.stage
+        stage = load_stage(run, Path(source), stage)
     trainer = run.trainers("eval")
     evaluation = run.module.evaluate(trainer, run.stage_data(evaluate=range(len(run.stream.tasks))))
     names = run.stream.task_names

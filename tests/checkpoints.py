@@ -30,7 +30,7 @@ from streams.synthetic import SyntheticShapes
 
 # The synthetic stream's words and the templates' own: every word has its own id.
 WORDS = " ".join(
-    [*SyntheticShapes(train_size=4, test_size=4, pretrain_size=4).texts(), "user assistant system"]
+    [*SyntheticShapes(train_size=4, test_size=4, pretrain_size=4).texts(), "user assistant system : \n"]
 )
 
 # LLaVA-1.5 style ("USER: <image>\n<question> ASSISTANT: <answer></s>USER: ..."); the assistant

@@ -1,0 +1,100 @@
+"""`contmm export`: a run's model reloaded by transformers and peft alone predicts what contmm
+predicted for it."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from contmm.cli import main
+from contmm.model.chat import chat_messages
+from streams.synthetic import SyntheticShapes
+from tests.checkpoints import save_checkpoint
+from tests.test_pretrained import with_images
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_repo")]
+
+STREAM = {"tasks": ["colour", "shape"], "train_size": 16, "test_size": 6}
+MAX_NEW_TOKENS = 4
+
+
+def fit(tmp_path, strategies: list[dict], lr: float, epochs: int) -> tuple:
+    """A tiny LLaVA tuned on two tasks, then exported; enough training to change its answers,
+    little enough that they are still words."""
+    checkpoint = save_checkpoint("llava", tmp_path / "llava")
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "model": {"pretrained": str(checkpoint), "backbone": {"freeze": bool(strategies)}},
+                "stream": {"class_path": "streams.synthetic.SyntheticShapes", "init_args": STREAM},
+                "strategies": strategies,
+                "optimizer": {"lr": lr},
+                "data": {"batch_size": 8},
+                "eval": {"batch_size": 4, "max_new_tokens": MAX_NEW_TOKENS},
+                "trainer": {
+                    "max_epochs": epochs,
+                    "enable_progress_bar": False,
+                    "enable_model_summary": False,
+                },
+            }
+        )
+    )
+    run = tmp_path / "run"
+    main(["fit", "--config", str(config), "--output_dir", str(run)])
+    main(["export", str(run), "-o", str(tmp_path / "export")])
+    return run, tmp_path / "export"
+
+
+def transformers_predictions(model, processor, task: str) -> list[str]:
+    """Greedy answers to the task's test questions, by transformers alone, in id order."""
+    tests = SyntheticShapes(**STREAM).tasks[STREAM["tasks"].index(task)].test
+    answers = {}
+    for sample in (tests[i] for i in range(len(tests))):
+        inputs = processor.apply_chat_template(
+            with_images(chat_messages(sample, with_answers=False), sample),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            tokens = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        new = tokens[:, inputs["input_ids"].shape[1] :]
+        answers[str(sample["id"])] = processor.batch_decode(new, skip_special_tokens=True)[0].strip()
+    return [answers[key] for key in sorted(answers)]
+
+
+def contmm_predictions(run, task: str) -> list[str]:
+    lines = (run / f"predictions/stage_2/{task}.jsonl").read_text().splitlines()
+    return [json.loads(line)["prediction"] for line in lines]  # written sorted by id
+
+
+def test_an_exported_whole_model_loads_with_transformers_and_predicts_as_contmm_did(tmp_path):
+    run, exported = fit(tmp_path, strategies=[], lr=5e-4, epochs=1)
+    model = AutoModelForImageTextToText.from_pretrained(exported).eval()
+    processor = AutoProcessor.from_pretrained(exported)
+    for task in STREAM["tasks"]:
+        assert transformers_predictions(model, processor, task) == contmm_predictions(run, task)
+        assert any(contmm_predictions(run, task)), "answers of words: the comparison can fail"
+    assert json.loads((exported / "manifest.json").read_text())["stage"] == 2
+
+
+def test_lora_per_task_exports_the_base_and_one_peft_adapter_per_task(tmp_path):
+    lora = [{"class_path": "strategies.lora_per_task.LoRAPerTask"}]
+    run, exported = fit(tmp_path, strategies=lora, lr=2e-3, epochs=1)
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert manifest["adapters"] == {"task_0": "adapters/task_0", "task_1": "adapters/task_1"}
+    processor = AutoProcessor.from_pretrained(exported)
+    base = AutoModelForImageTextToText.from_pretrained(exported)
+    tuned = PeftModel.from_pretrained(base, exported / "adapters/task_0", adapter_name="task_0")
+    tuned.load_adapter(exported / "adapters/task_1", adapter_name="task_1")
+    for task_id, task in enumerate(STREAM["tasks"]):  # each task is answered by its own adapter
+        tuned.set_adapter(f"task_{task_id}")
+        assert transformers_predictions(tuned.eval(), processor, task) == contmm_predictions(run, task)
+        assert any(contmm_predictions(run, task)), "answers of words: the comparison can fail"
+    # The adapters were trained: without them the base model answers otherwise.
+    with tuned.disable_adapter():
+        assert transformers_predictions(tuned, processor, "colour") != contmm_predictions(run, "colour")
