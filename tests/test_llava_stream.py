@@ -11,31 +11,7 @@ from PIL import Image
 from contmm.cli import main
 from streams.llava import LLaVAStream, TaskFiles
 from tests.helpers import REPO
-
-COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230), "white": (245, 245, 245)}
-
-
-def write_image(path: Path, colour: str = "red", size: int = 8) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (size, size), COLOURS[colour]).save(path)
-
-
-def conversation(record_id, image: str, question: str, answer: str) -> dict:
-    return {
-        "id": record_id,
-        "image": image,
-        "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
-    }
-
-
-def coin(question_id, image: str, text: str, answer) -> dict:
-    return {"question_id": question_id, "image": image, "text": text, "answer": answer}
-
-
-def write_json(path: Path, records, lines: bool = False) -> str:
-    text = "".join(json.dumps(r) + "\n" for r in records) if lines else json.dumps(records, indent=1)
-    path.write_text(text)
-    return str(path)
+from tests.llava_files import COLOURS, coin, conversation, write_image, write_json
 
 
 @pytest.fixture
