@@ -35,8 +35,8 @@ from contmm.strategy import Strategy
 
 
 def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The encoder's features averaged over the image tokens: (batch, encoder width)."""
-    return model.encoder(pixel_values).mean(1)
+    """The features the input projector reads, averaged over the image tokens: (batch, width)."""
+    return model.projector_inputs(pixel_values).mean(1)
 
 
 def instruction_features(model, batch: dict) -> torch.Tensor:
@@ -57,20 +57,26 @@ class ExpandedProjector(nn.Module):
     sample by key similarity and keeps the choices in ``last_route``.
     """
 
-    def __init__(self, first: nn.Module, image_width: int, text_width: int, image_weight: float) -> None:
+    def __init__(self, first: nn.Module, image_weight: float) -> None:
         super().__init__()
         self.image_weight = image_weight
         self.projectors = nn.ModuleList([first])
-        self.register_buffer("image_keys", torch.zeros(0, image_width))
-        self.register_buffer("instruction_keys", torch.zeros(0, text_width))
+        # One row per task; the widths are the first keys'.
+        self.register_buffer("image_keys", torch.zeros(0, 0))
+        self.register_buffer("instruction_keys", torch.zeros(0, 0))
         self.active = 0
         self.instruction: torch.Tensor | None = None
         self.last_route: torch.Tensor | None = None
 
     def add_keys(self, image_key: torch.Tensor, instruction_key: torch.Tensor) -> None:
-        self.image_keys = torch.cat([self.image_keys, image_key[None].to(self.image_keys)])
+        self.image_keys = torch.cat(
+            [self.image_keys.reshape(-1, len(image_key)), image_key[None].to(self.image_keys)]
+        )
         self.instruction_keys = torch.cat(
-            [self.instruction_keys, instruction_key[None].to(self.instruction_keys)]
+            [
+                self.instruction_keys.reshape(-1, len(instruction_key)),
+                instruction_key[None].to(self.instruction_keys),
+            ]
         )
 
     def route(self, features: torch.Tensor) -> torch.Tensor:
@@ -110,10 +116,10 @@ class ProjectorExpansion(Strategy):
         self.accuracy: RoutingAccuracy | None = None
 
     def setup(self, model, stream) -> None:
-        if model.cfg.pretrained:
+        if not model.per_image_projector:
             raise ValueError(
-                "ProjectorExpansion works on assembled models (model.encoder / input_projector / "
-                "backbone) only, not yet on a whole checkpoint (model.pretrained)"
+                "ProjectorExpansion sends each sample's image to a projector of its own; this "
+                "checkpoint's projector (Qwen2-VL's patch merger) reads all images of a batch as one"
             )
         if model.cfg.input_projector.freeze:
             raise ValueError(
@@ -121,9 +127,7 @@ class ProjectorExpansion(Strategy):
                 "`model.input_projector.freeze: false`"
             )
         self.model, self.accuracy = model, RoutingAccuracy(stream.task_names)
-        model.input_projector = ExpandedProjector(
-            model.input_projector, model.encoder.hidden_size, model.backbone.hidden_size, self.image_weight
-        )
+        model.set_input_projector(ExpandedProjector(model.input_projector, self.image_weight))
 
     def before_task(self, model, task_id) -> None:
         expanded = model.input_projector
@@ -141,14 +145,15 @@ class ProjectorExpansion(Strategy):
                 f"keys of task {task_id} computed after {len(expanded.image_keys)} tasks' keys"
             )
         device = expanded.image_keys.device
-        image_sum = torch.zeros(expanded.image_keys.shape[1], device=device)
-        instruction_sum = torch.zeros(expanded.instruction_keys.shape[1], device=device)
+        image_sum = instruction_sum = 0  # every rank has as many batches (a DistributedSampler)
         for i, batch in enumerate(dataloader):
             if i == self.key_batches:
                 break
             batch = move_data_to_device(batch, device)
-            image_sum += F.normalize(image_features(model, batch["pixel_values"]).float(), dim=-1).sum(0)
-            instruction_sum += F.normalize(instruction_features(model, batch), dim=-1).sum(0)
+            image_sum = image_sum + F.normalize(
+                image_features(model, batch["pixel_values"]).float(), dim=-1
+            ).sum(0)
+            instruction_sum = instruction_sum + F.normalize(instruction_features(model, batch), dim=-1).sum(0)
         all_reduce_sum(image_sum, instruction_sum)
         expanded.add_keys(F.normalize(image_sum, dim=0), F.normalize(instruction_sum, dim=0))
 

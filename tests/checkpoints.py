@@ -1,9 +1,11 @@
 """Tiny random image-text-to-text checkpoints saved the way transformers saves real ones:
-LLaVA-1.5's layout (CLIP tower, penultimate layer, MLP projector, Llama) and Qwen2-VL's,
-each with its processor and a chat template, built with transformers' own classes."""
+LLaVA-1.5's layout (CLIP tower, penultimate layer, MLP projector, Llama), Qwen2-VL's and
+Qwen2.5-VL's, each with its processor and a chat template, built with transformers' own
+classes; and what tests run on them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -26,6 +28,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
+from contmm.model.collate import sample_image
 from streams.synthetic import SyntheticShapes
 
 # The synthetic stream's words and the templates' own: every word has its own id.
@@ -280,3 +283,30 @@ def save_checkpoint(kind: str, directory: Path) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def with_images(messages: list[dict], sample: dict) -> list[dict]:
+    for message in messages:
+        for part in message["content"]:
+            if part["type"] == "image":
+                part["image"] = sample_image(sample)
+    return messages
+
+
+def fit_config(checkpoint, tmp_path, **sections) -> str:
+    """A tiny two-task run of the whole checkpoint, written as a config file."""
+    config = {
+        "model": {"pretrained": str(checkpoint)},
+        "stream": {
+            "class_path": "streams.synthetic.SyntheticShapes",
+            "init_args": {"tasks": ["colour", "shape"], "train_size": 16, "test_size": 6},
+        },
+        "data": {"batch_size": 8},
+        "eval": {"batch_size": 4, "max_new_tokens": 4},
+        "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(config))
+    return str(path)

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from contmm.cli import main
+from tests.checkpoints import fit_config, save_checkpoint
 from tests.helpers import TINY_RUN
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_repo")]
@@ -73,3 +74,19 @@ def test_a_model_that_does_not_fit_the_runs_weights_is_named(finished, tmp_path,
     changed = ["--model.input_projector.kind", "linear"]
     message = eval_error(capsys, "--run", str(finished), *changed, "--output_dir", str(tmp_path))
     assert "model.input_projector.kind: 'mlp' there, 'linear' now" in message
+
+
+def test_eval_scores_a_one_task_stream(tmp_path):
+    results = evaluate(tmp_path / "eval", "--stream.init_args.tasks", "[count]")
+    assert list(results["scores"]) == ["count"]
+    assert len((tmp_path / "eval/predictions/count.jsonl").read_text().splitlines()) == 9
+
+
+def test_eval_of_a_whole_checkpoint_run_reproduces_its_last_row(tmp_path):
+    config = fit_config(save_checkpoint("qwen2_vl", tmp_path / "qwen"), tmp_path, optimizer={"lr": 5e-4})
+    main(["fit", "--config", config, "--output_dir", str(tmp_path / "fit")])
+    main(["eval", "--config", config, "--run", str(tmp_path / "fit"), "--output_dir", str(tmp_path / "eval")])
+    fit = json.loads((tmp_path / "fit/results.json").read_text())
+    results = json.loads((tmp_path / "eval/results.json").read_text())
+    assert list(results["scores"].values()) == fit["matrix"][-1]
+    assert predictions(tmp_path / "eval/predictions") == predictions(tmp_path / "fit/predictions/stage_2")

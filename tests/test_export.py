@@ -11,39 +11,24 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from contmm.cli import main
 from contmm.model.chat import chat_messages
 from streams.synthetic import SyntheticShapes
-from tests.checkpoints import save_checkpoint
-from tests.test_pretrained import with_images
+from tests.checkpoints import fit_config, save_checkpoint, with_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_repo")]
 
-STREAM = {"tasks": ["colour", "shape"], "train_size": 16, "test_size": 6}
+STREAM = {"tasks": ["colour", "shape"], "train_size": 16, "test_size": 6}  # fit_config's
 MAX_NEW_TOKENS = 4
 
 
-def fit(tmp_path, strategies: list[dict], lr: float, epochs: int) -> tuple:
+def fit(tmp_path, strategies: list[dict], lr: float, epochs: int, kind: str = "llava") -> tuple:
     """A tiny LLaVA tuned on two tasks, then exported; enough training to change its answers,
     little enough that they are still words."""
-    checkpoint = save_checkpoint("llava", tmp_path / "llava")
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "model": {"pretrained": str(checkpoint), "backbone": {"freeze": bool(strategies)}},
-                "stream": {"class_path": "streams.synthetic.SyntheticShapes", "init_args": STREAM},
-                "strategies": strategies,
-                "optimizer": {"lr": lr},
-                "data": {"batch_size": 8},
-                "eval": {"batch_size": 4, "max_new_tokens": MAX_NEW_TOKENS},
-                "trainer": {
-                    "max_epochs": epochs,
-                    "enable_progress_bar": False,
-                    "enable_model_summary": False,
-                },
-            }
-        )
-    )
+    checkpoint = save_checkpoint(kind, tmp_path / kind)
+    config = fit_config(
+        checkpoint, tmp_path, model={"backbone": {"freeze": bool(strategies)}}, strategies=strategies,
+        optimizer={"lr": lr}, trainer={"max_epochs": epochs},
+    )  # fmt: skip
     run = tmp_path / "run"
-    main(["fit", "--config", str(config), "--output_dir", str(run)])
+    main(["fit", "--config", config, "--output_dir", str(run)])
     main(["export", str(run), "-o", str(tmp_path / "export")])
     return run, tmp_path / "export"
 
@@ -72,8 +57,9 @@ def contmm_predictions(run, task: str) -> list[str]:
     return [json.loads(line)["prediction"] for line in lines]  # written sorted by id
 
 
-def test_an_exported_whole_model_loads_with_transformers_and_predicts_as_contmm_did(tmp_path):
-    run, exported = fit(tmp_path, strategies=[], lr=5e-4, epochs=1)
+@pytest.mark.parametrize("kind", ["llava", "qwen2_vl"])
+def test_an_exported_whole_model_loads_with_transformers_and_predicts_as_contmm_did(tmp_path, kind):
+    run, exported = fit(tmp_path, strategies=[], lr=5e-4, epochs=1, kind=kind)
     model = AutoModelForImageTextToText.from_pretrained(exported).eval()
     processor = AutoProcessor.from_pretrained(exported)
     for task in STREAM["tasks"]:

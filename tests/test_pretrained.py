@@ -11,8 +11,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig
 from contmm.cli import main
 from contmm.model import ModelConfig, build_model
 from contmm.model.chat import chat_messages
-from contmm.model.collate import IGNORE_INDEX, model_inputs, sample_image
-from tests.checkpoints import save_checkpoint
+from contmm.model.collate import IGNORE_INDEX, model_inputs
+from tests.checkpoints import fit_config, save_checkpoint, with_images
 
 KINDS = ["llava", "qwen2_vl", "qwen2_5_vl"]
 
@@ -39,14 +39,6 @@ def oracle(directory):
     """The checkpoint as transformers alone loads it."""
     model = AutoModelForImageTextToText.from_pretrained(directory).eval()
     return model, AutoProcessor.from_pretrained(directory)
-
-
-def with_images(messages: list[dict], sample: dict) -> list[dict]:
-    for message in messages:
-        for part in message["content"]:
-            if part["type"] == "image":
-                part["image"] = sample_image(sample)
-    return messages
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -141,10 +133,12 @@ def test_an_unsupported_architecture_is_named_with_the_supported_ones(tmp_path):
         build_model(ModelConfig(pretrained=str(tmp_path)), [])
 
 
-def test_an_fp16_checkpoint_trains_its_trainable_components_in_float32(checkpoints, samples):
-    model = build_model(ModelConfig(pretrained=str(checkpoints["llava"]), dtype="float16"), [])
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_fp16_checkpoint_trains_its_trainable_components_in_float32(kind, checkpoints, samples):
+    model = build_model(ModelConfig(pretrained=str(checkpoints[kind]), dtype="float16"), [])
     model.set_trainable(model.configured_trainable())
-    assert {p.dtype for p in model.encoder.parameters()} == {torch.float16}  # frozen: as loaded
+    encoder = [t for t in model.component_tensors("encoder") if isinstance(t, torch.nn.Parameter)]
+    assert {p.dtype for p in encoder} == {torch.float16}  # frozen: as loaded
     assert {p.dtype for n in ("input_projector", "backbone") for p in model.components()[n].parameters()} == {
         torch.float32
     }
@@ -168,10 +162,11 @@ def saved_activations(model, batch) -> int:
     return count
 
 
-def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradients(checkpoints, samples):
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradients(kind, checkpoints, samples):
     counts, grads = {}, {}
     for checkpointing in (False, True):
-        cfg = ModelConfig(pretrained=str(checkpoints["llava"]), gradient_checkpointing=checkpointing)
+        cfg = ModelConfig(pretrained=str(checkpoints[kind]), gradient_checkpointing=checkpointing)
         model = build_model(cfg, []).train()
         model.set_trainable(model.configured_trainable())
         counts[checkpointing] = saved_activations(model, model.collator(train=True)(samples))
@@ -183,25 +178,66 @@ def test_gradient_checkpointing_keeps_fewer_activations_and_the_same_gradients(c
 @pytest.mark.slow
 @pytest.mark.usefixtures("in_repo")
 def test_fit_tunes_a_whole_checkpoint_with_lora_per_task(checkpoints, tmp_path):
-    config = tmp_path / "llava.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "model": {"pretrained": str(checkpoints["llava"]), "backbone": {"freeze": True}},
-                "stream": {
-                    "class_path": "streams.synthetic.SyntheticShapes",
-                    "init_args": {"tasks": ["colour", "shape"], "train_size": 16, "test_size": 6},
-                },
-                "strategies": [{"class_path": "strategies.lora_per_task.LoRAPerTask"}],
-                "data": {"batch_size": 8},
-                "eval": {"batch_size": 4, "max_new_tokens": 4},
-                "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
-            }
-        )
+    strategies = [{"class_path": "strategies.lora_per_task.LoRAPerTask"}]
+    config = fit_config(
+        checkpoints["llava"], tmp_path, model={"backbone": {"freeze": True}}, strategies=strategies
     )
-    main(["fit", "--config", str(config), "--output_dir", str(tmp_path / "run")])
+    main(["fit", "--config", config, "--output_dir", str(tmp_path / "run")])
     results = json.loads((tmp_path / "run/results.json").read_text())
     assert results["stages_completed"] == 2 and all(v is not None for row in results["matrix"] for v in row)
     # The frozen LLM is not copied into the checkpoints: the adapters and the projector are.
     saved = torch.load(tmp_path / "run/checkpoints/stage_2/model.pt", weights_only=True)
     assert saved and all(".lora_" in k or "multi_modal_projector" in k for k in saved)
+
+
+def test_ewc_estimates_its_fisher_and_penalty_on_a_whole_checkpoints_trainable_components(
+    checkpoints, samples
+):
+    from strategies.ewc import EWC
+
+    model = build_model(ModelConfig(pretrained=str(checkpoints["llava"])), [])
+    model.set_trainable(["input_projector"])
+    ewc = EWC(ewc_lambda=1.0, fisher_batches=1)
+    ewc.after_task(model, 0, [model.collator(train=True)(samples)])
+    (fisher,) = ewc.fishers
+    assert set(fisher) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(".multi_modal_projector." in name for name in fisher) and any(f.any() for f in fisher.values())
+    with torch.no_grad():
+        model.input_projector.linear_1.weight.add_(0.1)
+    assert float(ewc.penalty(model, None, None)) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("in_repo")
+def test_projector_expansion_gives_a_llava_checkpoint_a_projector_per_task_routed_without_task_id(
+    checkpoints, tmp_path
+):
+    strategy = {
+        "class_path": "strategies.projector_expansion.ProjectorExpansion",
+        "init_args": {"image_weight": 0},
+    }
+    config = fit_config(
+        checkpoints["llava"], tmp_path, model={"backbone": {"freeze": True}}, strategies=[strategy],
+        optimizer={"lr": 0.01}, trainer={"max_epochs": 2},
+    )  # fmt: skip
+    out = tmp_path / "run"
+    main(["fit", "--config", config, "--output_dir", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    last = results["strategy_reports"][-1]["ProjectorExpansion"]
+    assert last["routing_accuracy"] == {"colour": 1.0, "shape": 1.0}
+    # Everything colour is answered with is frozen after stage 1 and routed back to: tuning
+    # shape, through its own projector, changes no colour answer and some shape answers.
+    after = {s: (out / f"predictions/stage_{s}/colour.jsonl").read_text() for s in (1, 2)}
+    assert after[1] == after[2]
+    shape = {s: (out / f"predictions/stage_{s}/shape.jsonl").read_text() for s in (1, 2)}
+    assert shape[1] != shape[2]
+    saved = torch.load(out / "checkpoints/stage_2/model.pt", weights_only=True)
+    assert any("multi_modal_projector.projectors.1." in k for k in saved)
+
+
+def test_projector_expansion_refuses_qwen2_vls_merger_naming_why(checkpoints, stream):
+    from strategies.projector_expansion import ProjectorExpansion
+
+    model = build_model(ModelConfig(pretrained=str(checkpoints["qwen2_vl"])), [])
+    with pytest.raises(ValueError, match="reads all images of a batch as one"):
+        ProjectorExpansion().setup(model, stream)

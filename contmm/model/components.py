@@ -21,8 +21,13 @@ class ComponentModel(nn.Module):
 
     Subclasses give ``components()``, ``forward(**batch)`` (its output has the LM ``loss``
     when the batch has ``labels``), ``generate(batch, max_new_tokens)`` (the new tokens
-    only), ``collator(train)`` and ``tokenizer``.
+    only), ``collator(train)``, ``tokenizer``, ``projector_inputs(pixel_values)`` (what the
+    input projector reads, per image) and ``set_input_projector(module)``.
     """
+
+    # Whether the input projector maps each image's tokens on their own (a batch of images
+    # in, the same batch out), so that a sample's image can be sent to a projector of its own.
+    per_image_projector = True
 
     def components(self) -> dict[str, nn.Module]:
         raise NotImplementedError

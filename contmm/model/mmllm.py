@@ -96,6 +96,12 @@ class MMLLM(ComponentModel):
     def collator(self, train: bool) -> InstructionCollator:
         return InstructionCollator(self, train)
 
+    def set_input_projector(self, projector: nn.Module) -> None:
+        self.input_projector = projector
+
+    def projector_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.encoder(pixel_values)
+
     def project_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.input_projector(self.encoder(pixel_values))
 

@@ -79,6 +79,8 @@ class PretrainedMMLLM(ComponentModel):
         self.cfg = cfg
         self.hf, self.processor = load_checkpoint(cfg)
         self.family = FAMILIES[self.hf.config.model_type]
+        # Qwen2-VL's merger reads the patches of all a batch's images as one sequence.
+        self.per_image_projector = self.hf.config.model_type == "llava"
         self.tokenizer = self.processor.tokenizer
         self.image_token_id = self.hf.config.image_token_id
         # A view, not a child module: the checkpoint (``hf``) owns every weight once.
@@ -105,6 +107,21 @@ class PretrainedMMLLM(ComponentModel):
 
     def collator(self, train: bool) -> ChatCollator:
         return ChatCollator(self.processor, train)
+
+    def set_input_projector(self, projector: nn.Module) -> None:
+        self.hf.set_submodule(self.family["input_projector"], projector)
+
+    @torch.no_grad()
+    def projector_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The vision features the input projector reads, as the checkpoint's own image path
+        selects them (layer, CLS or not): caught on their way into the projector."""
+        caught = []
+        hook = self.input_projector.register_forward_pre_hook(lambda module, args: caught.append(args[0]))
+        try:
+            self.hf.model.get_image_features(pixel_values=pixel_values)
+        finally:
+            hook.remove()
+        return caught[0]
 
     def forward(self, **batch):
         return self.hf(**batch)
