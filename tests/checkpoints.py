@@ -28,6 +28,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
+from contmm.model.chat import chat_messages
 from contmm.model.collate import sample_image
 from streams.synthetic import SyntheticShapes
 
@@ -135,10 +136,7 @@ def llava_model(tokenizer) -> LlavaForConditionalGeneration:
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model
+    return with_generation_ids(LlavaForConditionalGeneration(config), tokenizer)
 
 
 QWEN_SPECIAL = [
@@ -178,44 +176,56 @@ def qwen2vl_processor() -> Qwen2VLProcessor:
     )
 
 
-def qwen2vl_model(tokenizer) -> Qwen2VLForConditionalGeneration:
-    torch.manual_seed(0)
+def qwen_text_config(tokenizer) -> dict:
+    return {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": 256,
+        # head_dim 16 -> 8 rotary frequencies split over (t, h, w)
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": None,
+    }
+
+
+def qwen_token_ids(tokenizer) -> dict:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
-    config = Qwen2VLConfig(
-        vision_config={
-            "depth": 2,
-            "embed_dim": 16,
-            "hidden_size": 32,
-            "num_heads": 2,
-            "mlp_ratio": 2,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "in_channels": 3,
-        },
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 256,
-            # head_dim 16 -> 8 rotary frequencies split over (t, h, w)
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "bos_token_id": None,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    model = Qwen2VLForConditionalGeneration(config)
+    return {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+
+
+def with_generation_ids(model, tokenizer):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def qwen2vl_model(tokenizer) -> Qwen2VLForConditionalGeneration:
+    torch.manual_seed(0)
+    vision = {
+        "depth": 2,
+        "embed_dim": 16,
+        "hidden_size": 32,
+        "num_heads": 2,
+        "mlp_ratio": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "in_channels": 3,
+    }
+    config = Qwen2VLConfig(
+        vision_config=vision, text_config=qwen_text_config(tokenizer), **qwen_token_ids(tokenizer)
+    )
+    return with_generation_ids(Qwen2VLForConditionalGeneration(config), tokenizer)
 
 
 def qwen25vl_processor() -> Qwen2_5_VLProcessor:
@@ -234,42 +244,22 @@ def qwen25vl_model(tokenizer) -> Qwen2_5_VLForConditionalGeneration:
     plus window attention (`window_size`, `fullatt_block_indexes`), SwiGLU vision MLP
     (`intermediate_size`), RMSNorm."""
     torch.manual_seed(0)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    vision = {
+        "depth": 2,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_heads": 2,
+        "out_hidden_size": 32,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 56,
+        "fullatt_block_indexes": [1],
+    }
     config = Qwen2_5_VLConfig(
-        vision_config={
-            "depth": 2,
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_heads": 2,
-            "out_hidden_size": 32,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 56,
-            "fullatt_block_indexes": [1],
-        },
-        text_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 256,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "bos_token_id": None,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
+        vision_config=vision, text_config=qwen_text_config(tokenizer), **qwen_token_ids(tokenizer)
     )
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model
+    return with_generation_ids(Qwen2_5_VLForConditionalGeneration(config), tokenizer)
 
 
 def save_checkpoint(kind: str, directory: Path) -> Path:
@@ -310,3 +300,18 @@ def fit_config(checkpoint, tmp_path, **sections) -> str:
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(config))
     return str(path)
+
+
+def reference_answer(model, processor, sample: dict, max_new_tokens: int) -> str:
+    """The greedy answer of transformers alone to a test sample: the processor's chat-template
+    inputs and the model's own ``generate``."""
+    inputs = processor.apply_chat_template(
+        with_images(chat_messages(sample, with_answers=False), sample),
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        tokens = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.batch_decode(tokens[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]

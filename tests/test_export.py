@@ -4,14 +4,12 @@ predicted for it."""
 import json
 
 import pytest
-import torch
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from contmm.cli import main
-from contmm.model.chat import chat_messages
 from streams.synthetic import SyntheticShapes
-from tests.checkpoints import fit_config, save_checkpoint, with_images
+from tests.checkpoints import fit_config, reference_answer, save_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_repo")]
 
@@ -36,19 +34,10 @@ def fit(tmp_path, strategies: list[dict], lr: float, epochs: int, kind: str = "l
 def transformers_predictions(model, processor, task: str) -> list[str]:
     """Greedy answers to the task's test questions, by transformers alone, in id order."""
     tests = SyntheticShapes(**STREAM).tasks[STREAM["tasks"].index(task)].test
-    answers = {}
-    for sample in (tests[i] for i in range(len(tests))):
-        inputs = processor.apply_chat_template(
-            with_images(chat_messages(sample, with_answers=False), sample),
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-        )
-        with torch.no_grad():
-            tokens = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-        new = tokens[:, inputs["input_ids"].shape[1] :]
-        answers[str(sample["id"])] = processor.batch_decode(new, skip_special_tokens=True)[0].strip()
+    answers = {
+        str(sample["id"]): reference_answer(model, processor, sample, MAX_NEW_TOKENS).strip()
+        for sample in (tests[i] for i in range(len(tests)))
+    }
     return [answers[key] for key in sorted(answers)]
 
 

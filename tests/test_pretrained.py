@@ -12,7 +12,9 @@ from contmm.cli import main
 from contmm.model import ModelConfig, build_model
 from contmm.model.chat import chat_messages
 from contmm.model.collate import IGNORE_INDEX, model_inputs
-from tests.checkpoints import fit_config, save_checkpoint, with_images
+from strategies.ewc import EWC
+from strategies.projector_expansion import ProjectorExpansion
+from tests.checkpoints import fit_config, reference_answer, save_checkpoint, with_images
 
 KINDS = ["llava", "qwen2_vl", "qwen2_5_vl"]
 
@@ -76,19 +78,7 @@ def test_batched_predictions_equal_the_checkpoints_own_generate_sample_by_sample
     ours = model.tokenizer.batch_decode(model.generate(model_inputs(batch), 6), skip_special_tokens=True)
 
     reference, processor = oracle(checkpoints[kind])
-    expected = []
-    for sample in tests:
-        inputs = processor.apply_chat_template(
-            with_images(chat_messages(sample, with_answers=False), sample),
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-        )
-        tokens = reference.generate(**inputs, max_new_tokens=6, do_sample=False)
-        expected += processor.batch_decode(
-            tokens[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-        )
+    expected = [reference_answer(reference, processor, sample, 6) for sample in tests]
     assert ours == expected
     assert any(expected), "random weights still generate words: the comparison can fail"
 
@@ -193,8 +183,6 @@ def test_fit_tunes_a_whole_checkpoint_with_lora_per_task(checkpoints, tmp_path):
 def test_ewc_estimates_its_fisher_and_penalty_on_a_whole_checkpoints_trainable_components(
     checkpoints, samples
 ):
-    from strategies.ewc import EWC
-
     model = build_model(ModelConfig(pretrained=str(checkpoints["llava"])), [])
     model.set_trainable(["input_projector"])
     ewc = EWC(ewc_lambda=1.0, fisher_batches=1)
@@ -236,8 +224,6 @@ def test_projector_expansion_gives_a_llava_checkpoint_a_projector_per_task_route
 
 
 def test_projector_expansion_refuses_qwen2_vls_merger_naming_why(checkpoints, stream):
-    from strategies.projector_expansion import ProjectorExpansion
-
     model = build_model(ModelConfig(pretrained=str(checkpoints["qwen2_vl"])), [])
     with pytest.raises(ValueError, match="reads all images of a batch as one"):
         ProjectorExpansion().setup(model, stream)
