@@ -40,6 +40,23 @@ def check_strategy_installed(strategy: Any) -> None:
         )
 
 
+def fit_ends_after_this_epoch(trainer: L.Trainer) -> bool:
+    epochs = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+    steps = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+    return epochs or steps or trainer.should_stop
+
+
+class InProgressCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` after every epoch of a stage but its last. Resumed from a checkpoint of a
+    finished fit, Lightning would skip the fit and with it ``on_train_end``, where the
+    strategies' ``after_task`` runs (replay's memory update, EWC's Fisher): a stage killed
+    after its last epoch redoes that epoch instead, and its end-of-task step runs once."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not fit_ends_after_this_epoch(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+
 class StreamLogger(Logger):
     """One of the user's loggers, shared by every stage's Trainer: one run over the stream.
 
@@ -143,7 +160,7 @@ class StageTrainers:
             # Lightning's last.ckpt after every epoch of a stage: an interrupted stage goes on
             # from its last finished epoch instead of from its start.
             callbacks.append(
-                ModelCheckpoint(dirpath=in_progress, filename="last", enable_version_counter=False)
+                InProgressCheckpoint(dirpath=in_progress, filename="last", enable_version_counter=False)
             )
         self.steps_before = self.trained_steps
         for logger in self.stream_loggers:

@@ -131,3 +131,15 @@ def crash_in_training(monkeypatch, task_id: int, epoch: int | None = None) -> No
         return training_step(self, batch, batch_idx)
 
     monkeypatch.setattr(ContinualModule, "training_step", crashing)
+
+
+def crash_in_evaluation(monkeypatch, task_id: int) -> None:
+    """Make the evaluation after task ``task_id``'s stage raise: a kill after its training."""
+    test_step = ContinualModule.test_step
+
+    def crashing(self, batch, batch_idx, dataloader_idx=0):
+        if self.task_id == task_id:
+            raise RuntimeError(f"injected crash in the evaluation after stage {task_id + 1}")
+        return test_step(self, batch, batch_idx, dataloader_idx)
+
+    monkeypatch.setattr(ContinualModule, "test_step", crashing)

@@ -11,7 +11,7 @@ import torch
 from contmm.cli import main
 from contmm.module import ContinualModule
 from contmm.strategy import Strategy
-from tests.helpers import TINY_RUN, crash_in_training, fit_error, run_fit
+from tests.helpers import TINY_RUN, crash_in_evaluation, crash_in_training, fit_error, run_fit
 
 # Three tasks, with the two strategies whose state a resume must carry: replay memory and
 # the EWC Fisher and anchors.
@@ -312,3 +312,21 @@ def test_ctrl_c_in_the_middle_of_a_stage_keeps_the_completed_stages_and_the_run_
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["stages_completed"] == 2
     assert {k: v for k, v in files(out, "predictions/**/*").items() if k in kept} == kept
+
+
+def test_a_kill_after_a_stages_last_epoch_resumes_with_its_end_of_task_step_run_once(tmp_path, monkeypatch):
+    """In-stage checkpoints on: killed while row 2 is evaluated, after stage 2's last epoch.
+    Replay's memory and EWC's Fisher must still take task 1, exactly once."""
+    run = [*RUN, "--trainer.max_epochs", "2", "--trainer.enable_checkpointing", "true"]
+    main(["fit", *run, "--output_dir", str(tmp_path / "whole")])
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        crash_in_evaluation(patch, task_id=1)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            main(["fit", *run, "--output_dir", str(out)])
+    main(["fit", *run, "--output_dir", str(out)])
+    whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "resumed"))
+    assert resumed["matrix"] == whole["matrix"]
+    strategies = torch.load(out / "checkpoints/stage_3/strategies.pt", weights_only=True)
+    assert strategies["0:Replay"]["tasks_seen"] == 3 and len(strategies["1:EWC"]["fishers"]) == 3
+    assert files(out, "predictions/**/*") == files(tmp_path / "whole", "predictions/**/*")
