@@ -25,6 +25,7 @@ from contmm.checkpoint import (
 from contmm.data import DataConfig, StageData
 from contmm.distributed import status
 from contmm.environment import environment
+from contmm.fingerprint import changed_input, run_inputs
 from contmm.matrix import ScoreMatrix, row_after
 from contmm.metrics import compute_metrics, tasks_to_evaluate
 from contmm.model import ModelConfig, build_model
@@ -98,6 +99,7 @@ class ContinualRun:
         # Before the model is built: a strategy whose package is missing stops the run here.
         self.trainers = StageTrainers(trainer or {}, self.run)
         self.model = build_model(model, stream.texts())
+        self.inputs = run_inputs(stream, self.model.tokenizer)
         trained = {
             *self.model.configured_trainable(),
             *(self.pretrain.trainable if self.pretrain.max_epochs else ()),
@@ -130,6 +132,7 @@ class ContinualRun:
         a fresh Trainer, the task's row of R and a checkpoint; a run directory with completed
         stages goes on after the newest one."""
         checkpoint = self.resume_point()
+        self.check_inputs(checkpoint)
         self.run.write_text("config.yaml", self.config["yaml"])
         if self.run.is_writer():
             self.model.tokenizer.save_pretrained(self.run.path / "tokenizer")
@@ -215,11 +218,20 @@ class ContinualRun:
         status(f"{self.run.path}: resuming after stage {checkpoint.stage} of {len(self.stream.tasks)}")
         return checkpoint.stage
 
+    def check_inputs(self, checkpoint: Checkpoint | None) -> None:
+        """Refuse to go on from ``checkpoint`` with other data or another tokenizer."""
+        if checkpoint is not None and (changed := changed_input(checkpoint.state.get("inputs"), self.inputs)):
+            raise ValueError(
+                f"{changed} differs from what the run in {self.run.path} was trained on (a data file "
+                "edited since?): restore it, or pass --resume false to start over"
+            )
+
     def save_checkpoint(self, stage: int) -> None:
         if self.run.is_writer():
             state = {
                 **self.scores.state_dict(),
                 "trained_steps": self.trainers.trained_steps,
+                "inputs": self.inputs,
                 "config": self.config["dict"],
             }
             save_checkpoint(

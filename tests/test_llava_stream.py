@@ -10,7 +10,7 @@ from PIL import Image
 
 from contmm.cli import main
 from streams.llava import LLaVAStream, TaskFiles
-from tests.helpers import REPO
+from tests.helpers import REPO, crash_in_training, fit_error
 from tests.llava_files import COLOURS, coin, conversation, write_image, write_json
 
 
@@ -499,3 +499,21 @@ def test_a_skill_asked_only_in_follow_up_turns_is_learnt_and_turns_first_does_no
         scores[turns] = json.loads((out / "results.json").read_text())["matrix"][1][0]
     assert scores["all"] == 1.0
     assert scores["first"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("in_repo")
+def test_a_data_file_edited_before_a_resume_is_named_and_the_run_directory_is_untouched(
+    tmp_path, monkeypatch, capsys
+):
+    config, out = write_cli_stream(tmp_path), tmp_path / "run"
+    with monkeypatch.context() as patch:
+        crash_in_training(patch, task_id=1)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            main(cli_args(config, out))
+    train = tmp_path / "hue_train.json"
+    train.write_text(train.read_text().replace('"red"', '"crimson"'))  # new answers, new words
+    kept = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    message = fit_error(capsys, *cli_args(config, out)[1:])
+    assert "the data of task split 'hue train' differs from what the run" in message
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == kept
