@@ -24,11 +24,13 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from contmm.model import COMPONENTS, ComponentModel
 
@@ -124,6 +126,21 @@ def in_progress_dir(run_path: Path, stage: int) -> Path:
     """Where Lightning keeps ``last.ckpt`` of a stage that is being trained; removed when the
     stage's own checkpoint is written."""
     return run_path / CHECKPOINTS / f"stage_{stage}_in_progress"
+
+
+def in_progress_checkpoint(run_path: Path, stage: int) -> Path | None:
+    """Lightning's ``last.ckpt`` of ``stage`` to go on from, or None. One that is not a whole
+    checkpoint (a kill while it was written: torch saves a zip archive, whose directory comes
+    last) is set aside as ``last.ckpt.damaged`` with a warning, and the stage starts over."""
+    last = in_progress_dir(run_path, stage) / "last.ckpt"
+    if not last.is_file() or zipfile.is_zipfile(last):
+        return last if last.is_file() else None
+    rank_zero_warn(
+        f"{last} is not a whole checkpoint: set aside as last.ckpt.damaged; stage {stage} starts over"
+    )
+    if rank_zero_only.rank == 0:
+        last.replace(last.with_name("last.ckpt.damaged"))
+    return None
 
 
 def latest_checkpoint(run_path: Path) -> Path | None:

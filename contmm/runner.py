@@ -17,6 +17,7 @@ from contmm.checkpoint import (
     CheckpointConfig,
     TrainedWeights,
     config_difference,
+    in_progress_checkpoint,
     in_progress_dir,
     latest_checkpoint,
     load_checkpoint,
@@ -170,11 +171,10 @@ class ContinualRun:
         self.model.set_trainable(self.model.configured_trainable())
         self.strategies.before_task(self.model, task_id)
         self.module.task_id = task_id
-        in_progress = in_progress_dir(self.run.path, stage)
-        last = in_progress / "last.ckpt" if (in_progress / "last.ckpt").is_file() else None
+        last = in_progress_checkpoint(self.run.path, stage)
         if last is not None:
             status(f"{self.run.path}: stage {stage} goes on from {last}")
-        trainer = self.trainers(f"stage_{stage}", in_progress=in_progress)
+        trainer = self.trainers(f"stage_{stage}", in_progress=in_progress_dir(self.run.path, stage))
         train = self.strategies.train_data(task_id, experience.dataset)
         trainer.fit(self.module, datamodule=self.stage_data(train), ckpt_path=last, weights_only=True)
         return trainer

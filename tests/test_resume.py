@@ -330,3 +330,19 @@ def test_a_kill_after_a_stages_last_epoch_resumes_with_its_end_of_task_step_run_
     strategies = torch.load(out / "checkpoints/stage_3/strategies.pt", weights_only=True)
     assert strategies["0:Replay"]["tasks_seen"] == 3 and len(strategies["1:EWC"]["fishers"]) == 3
     assert files(out, "predictions/**/*") == files(tmp_path / "whole", "predictions/**/*")
+
+
+def test_a_damaged_in_stage_checkpoint_is_set_aside_and_the_stage_starts_over(tmp_path, monkeypatch, capsys):
+    run = [*RUN, "--trainer.max_epochs", "3", "--trainer.enable_checkpointing", "true"]
+    main(["fit", *run, "--output_dir", str(tmp_path / "whole")])
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        crash_in_training(patch, task_id=1, epoch=2)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            main(["fit", *run, "--output_dir", str(out)])
+    last = out / "checkpoints/stage_2_in_progress/last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # cut short, as by a kill while it was written
+    with pytest.warns(UserWarning, match="is not a whole checkpoint: set aside as last.ckpt.damaged"):
+        main(["fit", *run, "--output_dir", str(out)])
+    whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "resumed"))
+    assert resumed["matrix"] == whole["matrix"]  # stage 2 trained again from its start
