@@ -72,3 +72,75 @@ class InterruptInTask(Strategy):
     def penalty(self, model, batch, outputs):
         if os.environ.get("CONTMM_INTERRUPT_AT_TASK") == str(self.task_id):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+class KillAt(Strategy):
+    """SIGKILLs its own process group at the moment ``$CONTMM_KILL_AT`` names, as an
+    out-of-memory killer or a scheduler's preemption would: no exception handler, no
+    ``finally`` runs. The moments: ``pretrain`` (a pre-training step), ``row0`` (the first
+    evaluation), ``mid_epoch`` (stage 2, second epoch, second batch), ``after_last_epoch``
+    (the end of stage 2's fit, after the strategies listed before this one did their
+    end-of-task step), ``evaluation`` (row 2) and ``checkpoint_write`` (stage 2's
+    checkpoint, between its model and strategy files). List it last."""
+
+    def __init__(self) -> None:
+        self.moment = os.environ.get("CONTMM_KILL_AT")
+        if self.moment in ("pretrain", "mid_epoch"):
+            self._patch_training_step()
+        elif self.moment in ("row0", "evaluation"):
+            self._patch_test_step()
+        elif self.moment == "checkpoint_write":
+            self._patch_checkpoint_save()
+
+    @staticmethod
+    def kill() -> None:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    def _patch_training_step(self) -> None:
+        from contmm.module import ContinualModule
+
+        training_step = ContinualModule.training_step
+        pretraining = self.moment == "pretrain"
+
+        def step(module, batch, batch_idx):
+            in_pretraining = module.task_id is None
+            if batch_idx == 1 and (
+                in_pretraining if pretraining else module.task_id == 1 and module.current_epoch == 1
+            ):
+                KillAt.kill()
+            return training_step(module, batch, batch_idx)
+
+        ContinualModule.training_step = step
+
+    def _patch_test_step(self) -> None:
+        from contmm.module import ContinualModule
+
+        test_step = ContinualModule.test_step
+        task = None if self.moment == "row0" else 1
+
+        def step(module, batch, batch_idx, dataloader_idx=0):
+            if module.task_id == task:
+                KillAt.kill()
+            return test_step(module, batch, batch_idx, dataloader_idx)
+
+        ContinualModule.test_step = step
+
+    def _patch_checkpoint_save(self) -> None:
+        from contmm import checkpoint
+
+        save = checkpoint.torch.save
+
+        def saving(obj, path, *args, **kwargs):
+            # Lightning saves through torch.save as well, into a buffer: only the named file counts.
+            if isinstance(path, (str, os.PathLike)) and Path(path).parts[-2:] == (
+                ".stage_2.tmp",
+                "strategies.pt",
+            ):
+                KillAt.kill()
+            return save(obj, path, *args, **kwargs)
+
+        checkpoint.torch.save = saving
+
+    def after_task(self, model, task_id, dataloader):
+        if self.moment == "after_last_epoch" and task_id == 1:
+            KillAt.kill()

@@ -1,0 +1,81 @@
+"""Kill a run with SIGKILL at a spread of moments, run the same command again: the resumed
+run's results and predictions are the uninterrupted run's, for every strategy whose state a
+resume must carry (in-stage checkpoints on)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from contmm.cli import main
+from tests.helpers import REPO, TINY_RUN
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_repo")]
+
+KILL = "{class_path: tests.probes.KillAt}"
+STRATEGIES = {
+    "naive": f"[{KILL}]",
+    "replay_ewc": (
+        "[{class_path: strategies.replay.Replay, init_args: {memory_size: 8}},"
+        f" {{class_path: strategies.ewc.EWC, init_args: {{ewc_lambda: 100.0, fisher_batches: 2}}}}, {KILL}]"
+    ),
+    "projector_expansion": f"[{{class_path: strategies.projector_expansion.ProjectorExpansion}}, {KILL}]",
+}
+# Projector expansion trains a projector per task on a frozen encoder and LLM.
+FROZEN = ["--model.encoder.freeze", "true", "--model.backbone.freeze", "true"]
+CASES = [
+    *(("naive", moment) for moment in ("pretrain", "row0", "mid_epoch", "checkpoint_write")),
+    *(
+        ("replay_ewc", moment)
+        for moment in ("pretrain", "row0", "mid_epoch", "after_last_epoch", "evaluation", "checkpoint_write")
+    ),
+    *(("projector_expansion", moment) for moment in ("mid_epoch", "after_last_epoch", "evaluation")),
+]
+
+
+def run_args(strategy: str, out) -> list[str]:
+    extra = FROZEN if strategy == "projector_expansion" else []
+    return [
+        *TINY_RUN, "--stream.init_args.tasks", "[colour, shape, count]", "--trainer.max_epochs", "2",
+        "--trainer.enable_checkpointing", "true", "--strategies", STRATEGIES[strategy], *extra,
+        "--output_dir", str(out),
+    ]  # fmt: skip
+
+
+def files(out, pattern: str) -> dict:
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.glob(pattern)) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    runs = {}
+    for strategy in STRATEGIES:
+        runs[strategy] = tmp_path_factory.mktemp(strategy)
+        main(["fit", *run_args(strategy, runs[strategy])])
+    return runs
+
+
+@pytest.mark.parametrize(("strategy", "moment"), CASES)
+def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_results(
+    tmp_path, uninterrupted, strategy, moment
+):
+    out = tmp_path / "run"
+    killed = subprocess.run(
+        [sys.executable, "-m", "contmm.cli", "fit", *run_args(strategy, out)],
+        cwd=REPO,
+        env={**os.environ, "CONTMM_KILL_AT": moment},
+        start_new_session=True,  # its own process group, which it kills
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    main(["fit", *run_args(strategy, out)])
+    whole = uninterrupted[strategy]
+    resumed, expected = (json.loads((d / "results.json").read_text()) for d in (out, whole))
+    assert resumed["matrix"] == expected["matrix"]
+    assert resumed["strategy_reports"] == expected["strategy_reports"]
+    assert files(out, "predictions/**/*.jsonl") == files(whole, "predictions/**/*.jsonl")
+    assert files(out, "checkpoints/stage_3/*.pt") == files(whole, "checkpoints/stage_3/*.pt")
