@@ -61,6 +61,21 @@ class RunDirectory:
         not a run's (``contmm.ownership``)."""
         return start_over(self.path) if self.is_writer() else []
 
+    def read_results(self) -> dict | None:
+        """``results.json``, or None where there is none; ValueError naming it if it is not a
+        JSON object."""
+        file = self.path / "results.json"
+        if not file.is_file():
+            return None
+        what_to_do = "Put back a good copy, or pass --resume false to start over"
+        try:
+            results = json.loads(file.read_text())
+        except ValueError as error:  # invalid JSON, or not UTF-8
+            raise ValueError(f"{file} is not valid JSON ({error}). {what_to_do}") from None
+        if isinstance(results, dict):
+            return results
+        raise ValueError(f"{file} does not hold a JSON object. {what_to_do}")
+
     def write_results(self, results: dict) -> None:
         self.write_text("results.json", json.dumps(results, indent=2) + "\n")
 

@@ -16,6 +16,7 @@ from contmm.checkpoint import (
     Checkpoint,
     CheckpointConfig,
     TrainedWeights,
+    check_kept,
     config_difference,
     in_progress_dir,
     latest_checkpoint,
@@ -178,8 +179,8 @@ class ContinualRun:
 
     def resume_point(self) -> Checkpoint | None:
         """The checkpoint to go on from; None to start from the beginning. A run directory
-        that holds another config's results is refused; ``resume=False`` deletes what contmm
-        wrote there (``contmm.ownership``)."""
+        that holds another config's results, or results whose checkpoints are gone, is
+        refused; ``resume=False`` deletes what contmm wrote there (``contmm.ownership``)."""
         if not self.resume:
             if kept := self.run.clear():
                 shown = ", ".join(str(p.relative_to(self.run.path)) for p in kept[:5])
@@ -190,11 +191,13 @@ class ContinualRun:
             return None
         path = latest_checkpoint(self.run.path)
         checkpoint = load_checkpoint(path) if path else None
-        results = self.run.path / "results.json"
+        results = self.run.read_results()
+        if results is not None:
+            check_kept(self.run.path, path, results.get("stages_completed"))
         if checkpoint is not None:
             saved = checkpoint.state["config"]
-        elif results.is_file():
-            saved = json.loads(results.read_text()).get("config", {})
+        elif results is not None:
+            saved = results.get("config", {})
         else:
             saved = None
         if saved is not None and (difference := config_difference(saved, self.config["dict"])) is not None:

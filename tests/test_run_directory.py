@@ -1,5 +1,6 @@
-"""What a run may do to its directory: start over deleting only what contmm wrote, and one
-run at a time (the lock)."""
+"""What a run may do to its directory: start over deleting only what contmm wrote, refuse
+results whose checkpoints are gone, one run at a time (the lock), and one message for a
+corrupt file."""
 
 import json
 import os
@@ -9,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from contmm.cli import main
 from contmm.module import ContinualModule
@@ -63,6 +65,28 @@ def test_resume_false_refuses_a_directory_contmm_did_not_make(tmp_path, capsys):
     assert snapshot(out) == kept
 
 
+def test_a_finished_run_whose_checkpoints_were_removed_is_not_run_again(copy, capsys):
+    shutil.rmtree(copy / "checkpoints")
+    kept = snapshot(copy)
+    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(copy))
+    assert f"{copy / 'checkpoints'} holds no checkpoint" in message and "--resume false" in message
+    assert snapshot(copy) == kept
+
+
+def test_a_partial_run_whose_checkpoints_is_not_a_directory_is_not_restarted(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "partial"
+    with monkeypatch.context() as patch:
+        crash_in_training(patch, task_id=1)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            main(["fit", *TINY_RUN, "--output_dir", str(out)])
+    shutil.rmtree(out / "checkpoints")
+    (out / "checkpoints").write_text("not a directory")
+    kept = snapshot(out)
+    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(out))
+    assert f"{out / 'checkpoints'} is not a directory" in message and "--resume false" in message
+    assert snapshot(out) == kept
+
+
 def test_a_run_directory_in_use_by_a_live_process_is_refused_naming_it(copy, capsys):
     lock = copy / ".contmm-lock"
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
@@ -101,3 +125,26 @@ def test_a_run_holds_the_lock_while_it_runs_and_leaves_none_after_a_crash_or_its
     held.clear()
     main(["fit", *TINY_RUN, "--output_dir", str(out)])
     assert held and all(held) and not (out / ".contmm-lock").exists()
+
+
+def widen_a_tensor(checkpoint):
+    tensors = torch.load(checkpoint / "model.pt", weights_only=True)
+    name = next(iter(tensors))
+    tensors[name] = torch.zeros(tensors[name].shape[0] + 1, *tensors[name].shape[1:])
+    torch.save(tensors, checkpoint / "model.pt")
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "named"),
+    [
+        (lambda out: (out / "checkpoints/stage_2/state.json").write_text("{}"), "stage_2/state.json"),
+        (lambda out: widen_a_tensor(out / "checkpoints/stage_2"), "model.pt"),
+        (lambda out: (out / "results.json").write_text("garbage"), "results.json is not valid JSON"),
+    ],
+    ids=["empty-state", "wrong-shape", "garbage-results"],
+)
+def test_a_corrupt_file_gives_one_message_naming_it(copy, capsys, corrupt, named):
+    corrupt(copy)
+    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(copy))
+    assert named in message and message.count("contmm: error:") == 1
+    assert "--resume false" in message
