@@ -35,6 +35,8 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from contmm.model import COMPONENTS, ComponentModel
 
 CHECKPOINTS = "checkpoints"
+# What a resume reads from state.json: the matrix (ScoreMatrix.state_dict) and the rest.
+STATE_KEYS = ("stage", "matrix", "lenient_matrix", "reports", "trained_steps", "config")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,15 @@ class TrainedWeights:
     def load_state_dict(self, tensors: dict[str, torch.Tensor], source: str) -> None:
         """Load ``tensors`` (from ``source``, named in the error) into the model: every trained
         tensor must be there and nothing else."""
+        own = self.model.state_dict()
+        if wrong := [k for k, v in tensors.items() if k in own and own[k].shape != v.shape]:
+            # torch's own error is a traceback-sized list of every mismatch.
+            raise ValueError(
+                f"{source} does not fit the model: its model.pt holds {wrong[0]} of shape "
+                f"{tuple(tensors[wrong[0]].shape)}, the model built from the config has "
+                f"{tuple(own[wrong[0]].shape)} ({len(wrong)} tensor(s) differ). It was not written "
+                "for this model: restore the run's own checkpoint, or start over (--resume false)"
+            )
         missing, unexpected = self.model.load_state_dict(tensors, strict=False)
         missing = sorted(set(missing) - self.untrained_names())
         if unexpected or missing:
@@ -145,7 +156,13 @@ def in_progress_checkpoint(run_path: Path, stage: int) -> Path | None:
 
 def latest_checkpoint(run_path: Path) -> Path | None:
     """The newest complete ``checkpoints/stage_<i>`` directory, or None."""
-    stages = [p for p in (run_path / CHECKPOINTS).glob("stage_*") if (p / "state.json").is_file()]
+    root = run_path / CHECKPOINTS
+    if root.exists() and not root.is_dir():
+        raise ValueError(
+            f"{root} is not a directory, so the run's stage checkpoints are not there: put them "
+            "back there, or move it away and pass --resume false to start over"
+        )
+    stages = [p for p in root.glob("stage_*") if (p / "state.json").is_file()]
     return max(stages, key=lambda p: int(p.name.removeprefix("stage_")), default=None)
 
 
@@ -160,7 +177,28 @@ def load_checkpoint(path: Path) -> Checkpoint:
             f"cannot load the checkpoint {path}: {type(error).__name__}: {error}\n"
             "Start over with --resume false, or choose another --output_dir"
         ) from None
+    missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:
+        raise ValueError(
+            f"{path / 'state.json'} is not a stage checkpoint's state: it lacks {missing}.\n"
+            "Start over with --resume false, or choose another --output_dir"
+        )
     return Checkpoint(state["stage"], model, strategies, state)
+
+
+def check_kept(run_path: Path, newest: Path | None, stages_completed: object) -> None:
+    """Refuse to resume a run whose checkpoints are gone: its ``results.json`` says
+    ``stages_completed`` stages are complete, so the checkpoint of that stage, or of the one
+    before (a crash between writing a row and its checkpoint), must be there. Without it a
+    resume would run the completed stages again and overwrite their results."""
+    kept = -1 if newest is None else int(newest.name.removeprefix("stage_"))
+    if isinstance(stages_completed, int) and kept < stages_completed - 1:
+        holds = "no checkpoint" if newest is None else f"only the checkpoint of stage {kept}"
+        raise ValueError(
+            f"{run_path / 'results.json'} says {stages_completed} stage(s) are complete, but "
+            f"{run_path / CHECKPOINTS} holds {holds}: resuming would run them again and overwrite "
+            "their results. Put the checkpoints back, or pass --resume false to start over"
+        )
 
 
 def config_difference(saved: dict, current: dict, prefix: str = "") -> str | None:

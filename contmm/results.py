@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
+
+from contmm.lock import locked
+from contmm.ownership import mark, start_over
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -39,13 +43,38 @@ class RunDirectory:
         if self.is_writer():
             atomic_write(self.path / name, text)
 
-    def clear(self) -> None:
-        """Delete what a run wrote here (results, predictions, checkpoints, logs), to start over."""
-        if not self.is_writer():
-            return
-        (self.path / "results.json").unlink(missing_ok=True)
-        for name in ("predictions", "checkpoints", "logs"):
-            shutil.rmtree(self.path / name, ignore_errors=True)
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """This run's hold on the directory (see ``contmm.lock``). Under DDP rank 0 alone
+        takes it: the other ranks are the same run, launched by it."""
+        with locked(self.path) if self.is_writer() else nullcontext():
+            yield
+
+    def mark(self) -> None:
+        """Mark the directory as a contmm run's (``contmm.ownership``)."""
+        if self.is_writer():
+            mark(self.path)
+
+    def clear(self) -> list[Path]:
+        """Delete the files a run wrote here (results, predictions, checkpoints, its logs), to
+        start over; returns the files of others kept there. Refused in a directory that is
+        not a run's (``contmm.ownership``)."""
+        return start_over(self.path) if self.is_writer() else []
+
+    def read_results(self) -> dict | None:
+        """``results.json``, or None where there is none; ValueError naming it if it is not a
+        JSON object."""
+        file = self.path / "results.json"
+        if not file.is_file():
+            return None
+        what_to_do = "Put back a good copy, or pass --resume false to start over"
+        try:
+            results = json.loads(file.read_text())
+        except ValueError as error:  # invalid JSON, or not UTF-8
+            raise ValueError(f"{file} is not valid JSON ({error}). {what_to_do}") from None
+        if isinstance(results, dict):
+            return results
+        raise ValueError(f"{file} does not hold a JSON object. {what_to_do}")
 
     def write_results(self, results: dict) -> None:
         self.write_text("results.json", json.dumps(results, indent=2) + "\n")

@@ -16,6 +16,7 @@ from contmm.checkpoint import (
     Checkpoint,
     CheckpointConfig,
     TrainedWeights,
+    check_kept,
     config_difference,
     in_progress_checkpoint,
     in_progress_dir,
@@ -125,7 +126,7 @@ class ContinualRun:
 
     def fit(self) -> dict:
         """Run the stream (see ``fit_stages``) as one run of the user's loggers."""
-        with self.trainers.logged_run():
+        with self.run.locked(), self.trainers.logged_run():
             return self.fit_stages()
 
     def fit_stages(self) -> dict:
@@ -181,25 +182,34 @@ class ContinualRun:
 
     def resume_point(self) -> Checkpoint | None:
         """The checkpoint to go on from; None to start from the beginning. A run directory
-        that holds another config's results is refused; ``resume=False`` empties it."""
+        that holds another config's results, or results whose checkpoints are gone, is
+        refused; ``resume=False`` deletes what contmm wrote there (``contmm.ownership``)."""
         if not self.resume:
-            self.run.clear()
+            if kept := self.run.clear():
+                shown = ", ".join(str(p.relative_to(self.run.path)) for p in kept[:5])
+                status(
+                    f"{self.run.path}: starting over; kept {len(kept)} file(s) contmm did not write: {shown}"
+                )
+            self.run.mark()
             return None
         path = latest_checkpoint(self.run.path)
         checkpoint = load_checkpoint(path) if path else None
-        results = self.run.path / "results.json"
+        results = self.run.read_results()
+        if results is not None:
+            check_kept(self.run.path, path, results.get("stages_completed"))
         if checkpoint is not None:
             saved = checkpoint.state["config"]
-        elif results.is_file():
-            saved = json.loads(results.read_text()).get("config", {})
+        elif results is not None:
+            saved = results.get("config", {})
         else:
-            return None
-        if (difference := config_difference(saved, self.config["dict"])) is not None:
+            saved = None
+        if saved is not None and (difference := config_difference(saved, self.config["dict"])) is not None:
             raise ValueError(
                 f"{self.run.path} holds the results of another config ({difference}). "
-                "Pass --resume false to start over there (its results, checkpoints and logs "
-                "are deleted), or choose another --output_dir"
+                "Pass --resume false to start over there (the files contmm wrote there are "
+                "deleted), or choose another --output_dir"
             )
+        self.run.mark()
         return checkpoint
 
     def restore(self, checkpoint: Checkpoint) -> int:

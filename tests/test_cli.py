@@ -140,6 +140,8 @@ def test_two_process_ddp_scores_every_test_sample_exactly_once_and_logs_on_rank_
             assert sorted(ids) == sorted(f"{task}-test-{i}" for i in range(9))
     leftovers = [p for p in out.rglob("*.tmp")]
     assert not leftovers
+    # Rank 0 alone took the lock (rank 1, the same run, was not refused) and released it.
+    assert (out / ".contmm-run").is_file() and not (out / ".contmm-lock").exists()
 
 
 @pytest.mark.slow

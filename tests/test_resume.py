@@ -185,6 +185,7 @@ def test_a_two_process_ddp_run_killed_between_stages_resumes_and_scores_each_sam
 
     killed = run(CONTMM_CRASH_AT_TASK="1")
     assert killed.returncode != 0 and "injected crash before task 1" in killed.stderr
+    assert not (out / ".contmm-lock").exists()  # rank 0 took it and released it
     assert json.loads((out / "results.json").read_text())["stages_completed"] == 1
 
     resumed = run()
@@ -307,6 +308,7 @@ def test_ctrl_c_in_the_middle_of_a_stage_keeps_the_completed_stages_and_the_run_
         f"predictions/stage_{s}/{t}.jsonl" for s in (0, 1) for t in ("colour", "shape")
     ]
     assert not list(out.rglob("*.tmp"))  # no half-written file
+    assert not (out / ".contmm-lock").exists()  # released on Ctrl-C
 
     resumed = run()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
