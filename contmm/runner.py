@@ -64,8 +64,8 @@ class ContinualRun:
         strategies: continual strategies, run in order (class_path / init_args entries).
         seed: seed of initialisation and shuffling (the stream takes its own).
         output_dir: the run directory.
-        resume: go on after the last completed stage in output_dir; false deletes its
-            results and starts over.
+        resume: go on after the last completed stage in output_dir; false deletes what
+            contmm wrote there and starts over.
         pretrain: MM pre-training before the stream.
         optimizer: the optimizer of every stage.
         data: training data loading.
@@ -125,7 +125,8 @@ class ContinualRun:
         self.score_loggers = run_loggers(self.run, "scores")
 
     def fit(self) -> dict:
-        """Run the stream (see ``fit_stages``) as one run of the user's loggers."""
+        """Run the stream (see ``fit_stages``) holding the run directory's lock, as one run of
+        the user's loggers."""
         with self.run.locked(), self.trainers.logged_run():
             return self.fit_stages()
 

@@ -59,7 +59,7 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.parametrize(("strategy", "moment"), CASES)
 def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_results(
-    tmp_path, uninterrupted, strategy, moment
+    tmp_path, capsys, uninterrupted, strategy, moment
 ):
     out = tmp_path / "run"
     killed = subprocess.run(
@@ -72,6 +72,11 @@ def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_results(
         check=False,
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
+    if (out / ".contmm-lock").exists():  # a kill leaves the lock; contmm reports it, never steals it
+        with pytest.raises(SystemExit):
+            main(["fit", *run_args(strategy, out)])
+        assert "is stale" in capsys.readouterr().err
+        (out / ".contmm-lock").unlink()  # what the message says to do
     main(["fit", *run_args(strategy, out)])
     whole = uninterrupted[strategy]
     resumed, expected = (json.loads((d / "results.json").read_text()) for d in (out, whole))
