@@ -36,6 +36,7 @@ from typing import Literal
 from PIL import Image
 from torch.utils.data import Dataset
 
+from contmm.images import open_rgb
 from contmm.scoring import extract_choice, get_scorer
 from contmm.stream import Task, TaskStream
 from contmm.tokenizer import IMAGE_TOKEN
@@ -90,8 +91,7 @@ class LLaVADataset(Dataset):
         return text
 
     def __getitem__(self, index: int) -> dict:
-        with Image.open(self.samples[index].image) as image:
-            return {**self.text(index), "image": image.convert("RGB")}
+        return {**self.text(index), "image": open_rgb(self.samples[index].image)}
 
 
 class RecordError(Exception):
