@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 
 from contmm.images import open_rgb
 from contmm.scoring import extract_choice, get_scorer, normalize
-from contmm.stream import Task, TaskStream
+from contmm.stream import Task, TaskStream, check_task_names
 from contmm.tokenizer import IMAGE_TOKEN
 
 # Problems listed per file: enough to see a pattern, few enough to read.
@@ -427,12 +427,8 @@ class LLaVAStream(TaskStream):
 
 def _check_settings(tasks: list[TaskFiles], image_root: str, max_samples: int | None) -> None:
     """The checks that need no file read: they fail fastest."""
-    if not tasks:
-        raise ValueError("LLaVAStream: tasks is empty; give at least one {name, train, test}")
-    names = [task.name for task in tasks]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"LLaVAStream: duplicate task name(s) {duplicates}; task names must be unique")
+    # As TaskStream checks them once the files are read: here they fail before any is.
+    check_task_names([task.name for task in tasks], "LLaVAStream")
     for task in tasks:
         try:
             get_scorer(task.scorer)
