@@ -31,6 +31,7 @@ from contmm.model import ModelConfig, build_model
 from contmm.module import ContinualModule, EvalConfig, OptimizerConfig
 from contmm.results import RunDirectory, summary_table
 from contmm.rundata import load_run
+from contmm.settings import check_at_least, check_positive, check_seed
 from contmm.strategy import Strategies, Strategy
 from contmm.stream import TaskStream
 from contmm.trainers import StageTrainers, run_loggers
@@ -49,6 +50,10 @@ class PretrainConfig:
     max_epochs: int = 0
     trainable: list[str] = field(default_factory=lambda: ["input_projector"])
     lr: float | None = None
+
+    def __post_init__(self) -> None:
+        check_at_least("pretrain.max_epochs", self.max_epochs, 0)
+        check_positive("pretrain.lr", self.lr)
 
 
 class ContinualRun:
@@ -90,6 +95,7 @@ class ContinualRun:
         trainer: dict[str, Any] | None = None,
         config: dict[str, Any],
     ) -> None:
+        check_seed(seed, len(stream.tasks))
         L.seed_everything(seed, verbose=False)
         self.stream, self.seed, self.resume = stream, seed, resume
         self.pretrain, self.data, self.checkpoint = pretrain, data, checkpoint

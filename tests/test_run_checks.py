@@ -28,6 +28,32 @@ def stopped(capsys, tmp_path, *args: str) -> str:
     return message.splitlines()[0]
 
 
+# A setting, a bad value, and what the message must say.
+BAD_SETTINGS = [
+    ("eval.batch_size", "0", "eval.batch_size must be at least 1, got 0"),
+    ("eval.max_new_tokens", "0", "eval.max_new_tokens must be at least 1, got 0"),
+    ("data.batch_size", "-4", "data.batch_size must be at least 1, got -4"),
+    ("data.num_workers", "-1", "data.num_workers must be at least 0, got -1"),
+    ("optimizer.lr", "0", "optimizer.lr must be positive, got 0"),
+    ("optimizer.lr", "-0.001", "optimizer.lr must be positive, got -0.001"),
+    ("optimizer.projector_lr", "0", "optimizer.projector_lr must be positive, got 0"),
+    ("pretrain.max_epochs", "-1", "pretrain.max_epochs must be at least 0, got -1"),
+    ("pretrain.lr", "0", "pretrain.lr must be positive, got 0"),
+    ("seed", "-1", "seed must be in 0 .. 4294967293, got -1"),
+    # Fine for row 0, but stage 1 would seed with 2**32, outside numpy's range.
+    ("seed", str(2**32 - 1), "seed must be in 0 .. 4294967293, got 4294967295"),
+]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"), BAD_SETTINGS, ids=[f"{s}={v}" for s, v, _ in BAD_SETTINGS]
+)
+def test_a_bad_setting_is_named_before_the_model_is_built(
+    capsys, tmp_path, no_model, setting, value, expected
+):
+    assert expected in stopped(capsys, tmp_path, f"--{setting}", value)
+
+
 @pytest.mark.parametrize(
     ("tasks", "expected"),
     [
