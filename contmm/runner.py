@@ -103,13 +103,14 @@ class ContinualRun:
         self.run = RunDirectory(output_dir)
         # Before the model is built: a strategy whose package is missing stops the run here.
         self.trainers = StageTrainers(trainer or {}, self.run)
+        # Before the model too: a strategy listed twice that cannot be is refused here.
+        self.strategies = Strategies(strategies)
         self.model = build_model(model, stream.texts())
         trained = {
             *self.model.configured_trainable(),
             *(self.pretrain.trainable if self.pretrain.max_epochs else ()),
         }
         self.weights = TrainedWeights(self.model, trained)
-        self.strategies = Strategies(strategies)
         self.module = ContinualModule(self.model, self.strategies, optimizer, eval, len(stream.tasks))
         # Built before any Trainer starts the process group: importing Avalanche on a
         # non-zero rank inside a distributed session fails (it refuses to make loggers there).

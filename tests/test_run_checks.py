@@ -6,6 +6,10 @@ from __future__ import annotations
 import pytest
 
 from contmm import runner
+from contmm.strategy import Strategies
+from strategies.ewc import EWC
+from strategies.naive import Naive
+from strategies.replay import Replay
 from tests.helpers import TINY_RUN, fit_error
 
 pytestmark = pytest.mark.usefixtures("in_repo")
@@ -64,3 +68,28 @@ def test_a_bad_setting_is_named_before_the_model_is_built(
 )
 def test_an_empty_or_ambiguous_task_list_is_refused(capsys, tmp_path, no_model, tasks, expected):
     assert expected in stopped(capsys, tmp_path, "--stream.init_args.tasks", tasks)
+
+
+def test_a_strategy_listed_twice_that_can_run_once_is_named_before_the_model_is_built(
+    capsys, tmp_path, no_model
+):
+    config = tmp_path / "twice.yaml"
+    config.write_text(
+        "strategies:\n"
+        "  - {class_path: strategies.replay.Replay, init_args: {memory_size: 8}}\n"
+        "  - {class_path: strategies.ewc.EWC}\n"
+        "  - {class_path: strategies.replay.Replay, init_args: {memory_size: 4}}\n"
+    )
+    message = stopped(capsys, tmp_path, "--config", str(config))
+    assert message == (
+        "contmm: error: strategies: Replay is listed 2 times, but a run can use it once "
+        "(a second copy would act again on what the first did); list it once"
+    )
+
+
+def test_strategies_whose_copies_add_up_may_be_listed_twice():
+    assert Strategies([EWC(), Replay(), EWC(ewc_lambda=1.0, mode="online"), Naive(), Naive()]).name == (
+        "EWC+Replay+EWC+Naive+Naive"
+    )
+    with pytest.raises(ValueError, match="Replay is listed 2 times"):
+        Strategies([Replay(), EWC(), Replay()])
