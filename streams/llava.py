@@ -320,7 +320,7 @@ class _Reader:
         Pillow releases the GIL while it decodes, so threads share the work across the cores
         (measured in the README)."""
         new = list(dict.fromkeys(path for path in paths if path not in self.image_problems))
-        with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        with ThreadPoolExecutor(_usable_cores()) as pool:
             self.image_problems.update(zip(new, pool.map(_image_problem, new)))
 
     def _sample(self, record: object, test: bool, scorer: str) -> Sample:
@@ -372,6 +372,12 @@ def _image_problem(path: Path) -> str | None:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return f"{path} is not a readable image ({error})"
     return None
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share; macOS has no
+    affinity call, and counts them all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _check_unique_ids(samples: list[Sample], label: str) -> None:
