@@ -13,6 +13,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from contmm.model import ComponentModel
+from contmm.settings import check_at_least
 from contmm.stream import Task
 
 
@@ -27,6 +28,10 @@ class DataConfig:
 
     batch_size: int = 32
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        check_at_least("data.batch_size", self.batch_size, 1)
+        check_at_least("data.num_workers", self.num_workers, 0)
 
 
 class StageData(L.LightningDataModule):

@@ -22,6 +22,7 @@ from contmm.matrix import row_after
 from contmm.model import ComponentModel
 from contmm.model.collate import model_inputs
 from contmm.scoring import score
+from contmm.settings import check_at_least, check_positive
 from contmm.strategy import Strategies
 
 
@@ -41,6 +42,10 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
 
+    def __post_init__(self) -> None:
+        check_positive("optimizer.lr", self.lr)
+        check_positive("optimizer.projector_lr", self.projector_lr)
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -59,6 +64,10 @@ class EvalConfig:
     max_new_tokens: int = 8
     matrix: Literal["full", "lower"] = "lower"
     reference: str | None = None
+
+    def __post_init__(self) -> None:
+        check_at_least("eval.batch_size", self.batch_size, 1)
+        check_at_least("eval.max_new_tokens", self.max_new_tokens, 1)
 
 
 def build_optimizer(model: ComponentModel, cfg: OptimizerConfig, total_steps: int):

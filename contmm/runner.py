@@ -34,6 +34,7 @@ from contmm.model import ModelConfig, build_model
 from contmm.module import ContinualModule, EvalConfig, OptimizerConfig
 from contmm.results import RunDirectory, summary_table
 from contmm.rundata import load_run
+from contmm.settings import check_at_least, check_positive, check_seed
 from contmm.strategy import Strategies, Strategy
 from contmm.stream import TaskStream
 from contmm.trainers import StageTrainers, run_loggers
@@ -52,6 +53,10 @@ class PretrainConfig:
     max_epochs: int = 0
     trainable: list[str] = field(default_factory=lambda: ["input_projector"])
     lr: float | None = None
+
+    def __post_init__(self) -> None:
+        check_at_least("pretrain.max_epochs", self.max_epochs, 0)
+        check_positive("pretrain.lr", self.lr)
 
 
 class ContinualRun:
@@ -93,6 +98,7 @@ class ContinualRun:
         trainer: dict[str, Any] | None = None,
         config: dict[str, Any],
     ) -> None:
+        check_seed(seed, len(stream.tasks))
         L.seed_everything(seed, verbose=False)
         self.stream, self.seed, self.resume = stream, seed, resume
         self.pretrain, self.data, self.checkpoint = pretrain, data, checkpoint
@@ -100,6 +106,8 @@ class ContinualRun:
         self.run = RunDirectory(output_dir)
         # Before the model is built: a strategy whose package is missing stops the run here.
         self.trainers = StageTrainers(trainer or {}, self.run)
+        # Before the model too: a strategy listed twice that cannot be is refused here.
+        self.strategies = Strategies(strategies)
         self.model = build_model(model, stream.texts())
         self.inputs = run_inputs(stream, self.model.tokenizer)
         trained = {
@@ -107,7 +115,6 @@ class ContinualRun:
             *(self.pretrain.trainable if self.pretrain.max_epochs else ()),
         }
         self.weights = TrainedWeights(self.model, trained)
-        self.strategies = Strategies(strategies)
         self.module = ContinualModule(self.model, self.strategies, optimizer, eval, len(stream.tasks))
         # Built before any Trainer starts the process group: importing Avalanche on a
         # non-zero rank inside a distributed session fails (it refuses to make loggers there).

@@ -26,6 +26,7 @@ Where each hook runs:
 
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,15 @@ if TYPE_CHECKING:
 
 
 class Strategy:
-    """Base class of continual strategies; every hook is optional (the default does nothing)."""
+    """Base class of continual strategies; every hook is optional (the default does nothing).
+
+    ``once_per_run``: a strategy that keeps state about the run (a memory, adapters,
+    projectors, the data it mixes in) is used once; listing it twice would apply it twice
+    to the same data and model, which fails or means nothing. A strategy whose copies
+    only add up (a penalty each) sets it to False and may be listed several times.
+    """
+
+    once_per_run = True
 
     def setup(self, model: MMLLM, stream: TaskStream) -> None:
         pass
@@ -76,6 +85,13 @@ class Strategies(Strategy):
     """Several strategies run in the configured order."""
 
     def __init__(self, strategies: list[Strategy]) -> None:
+        counts = Counter(type(s) for s in strategies)
+        for kind, count in counts.items():
+            if count > 1 and kind.once_per_run:
+                raise ValueError(
+                    f"strategies: {kind.__name__} is listed {count} times, but a run can use it once "
+                    "(a second copy would act again on what the first did); list it once"
+                )
         self.strategies = list(strategies)
 
     def setup(self, model, stream):

@@ -32,14 +32,34 @@ class Task:
                 raise ValueError(f"task {self.name!r} has no {split} samples")
 
 
+def check_task_names(names: list[str], stream: str) -> None:
+    """Refuse a stream with no tasks (a run would train nothing and exit with an empty
+    matrix) or with two tasks of one name (results, predictions and plots go by name)."""
+    if not names:
+        raise ValueError(f"{stream}: the stream has no tasks; give at least one")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{stream}: duplicate task name(s) {duplicates}; task names must be unique")
+
+
 class TaskStream:
     """An ordered sequence of tasks, plus an optional pre-training (alignment) task.
 
-    Subclasses build ``self.tasks`` (and ``self.pretrain_task``) in ``__init__``.
+    Subclasses build ``self.tasks`` (and ``self.pretrain_task``) in ``__init__``; the tasks
+    are checked as they are set (:func:`check_task_names`), so every stream refuses an empty
+    or ambiguous task list when it is built, before any model.
     """
 
-    tasks: list[Task]
     pretrain_task: Task | None = None
+
+    @property
+    def tasks(self) -> list[Task]:
+        return self._tasks
+
+    @tasks.setter
+    def tasks(self, tasks: list[Task]) -> None:
+        check_task_names([task.name for task in tasks], type(self).__name__)
+        self._tasks = list(tasks)
 
     @property
     def task_names(self) -> list[str]:

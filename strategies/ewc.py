@@ -50,6 +50,9 @@ class EWC(Strategy):
         fisher_batches: training batches (per rank) the Fisher is estimated from.
     """
 
+    # Each copy keeps its own Fishers and adds its own penalty (e.g. two modes or lambdas).
+    once_per_run = False
+
     def __init__(
         self,
         ewc_lambda: float = 1000.0,

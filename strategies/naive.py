@@ -9,3 +9,5 @@ from contmm.strategy import Strategy
 
 class Naive(Strategy):
     """Plain sequential fine-tuning (the CoIN baseline)."""
+
+    once_per_run = False  # it does nothing, so twice does nothing either

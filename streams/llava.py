@@ -22,13 +22,18 @@ placeholder marks where the image goes; a conversation without one is an error u
 ``require_image_token`` is false.
 
 Every file is read and checked in the constructor (fields, shapes, answers, image paths,
-and that every image opens), so a bad record stops a run before any training with a message
-that names the file, the record and the field.
+sample ids unique within a file, and every image decoded in full, in parallel), so a bad
+record stops a run before any training with a message that names the file, the record and
+the field. A test answer must keep a word after scoring's normalisation ("the" or "?" do
+not): an empty prediction would match it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Literal
@@ -36,8 +41,9 @@ from typing import Literal
 from PIL import Image
 from torch.utils.data import Dataset
 
-from contmm.scoring import extract_choice, get_scorer
-from contmm.stream import Task, TaskStream
+from contmm.images import open_rgb
+from contmm.scoring import extract_choice, get_scorer, normalize
+from contmm.stream import Task, TaskStream, check_task_names
 from contmm.tokenizer import IMAGE_TOKEN
 
 # Problems listed per file: enough to see a pattern, few enough to read.
@@ -90,8 +96,7 @@ class LLaVADataset(Dataset):
         return text
 
     def __getitem__(self, index: int) -> dict:
-        with Image.open(self.samples[index].image) as image:
-            return {**self.text(index), "image": image.convert("RGB")}
+        return {**self.text(index), "image": open_rgb(self.samples[index].image)}
 
 
 class RecordError(Exception):
@@ -184,6 +189,21 @@ def _references(record: dict) -> str | list[str]:
     return answer
 
 
+def _check_references(answer: str | list[str], scorer: str) -> None:
+    """Test answers the scorer can tell from a wrong prediction; checked now, not at the first
+    evaluation after training."""
+    for reference in [answer] if isinstance(answer, str) else answer:
+        if scorer == "multiple_choice":
+            if extract_choice(reference) is None:
+                raise RecordError(f"answer {reference!r} names no option letter (scorer multiple_choice)")
+        elif not normalize(reference):
+            # The other scorers compare normalised text: an empty prediction would match it.
+            raise RecordError(
+                f"answer {reference!r} is empty once normalised for scoring (articles and punctuation "
+                f"are dropped), so an empty prediction would score 1 (scorer {scorer})"
+            )
+
+
 def _with_image_token(question: str, prepend: bool, field: str) -> str:
     """The question (from ``field``) with exactly one ``<image>``; ``prepend`` puts a missing one in front."""
     count = question.count(IMAGE_TOKEN)
@@ -241,7 +261,7 @@ def _json_lines_error(text: str, label: str, number: int, error: json.JSONDecode
 
 
 class _Reader:
-    """Reads and checks the files of a stream; each image is verified once, however often it is named."""
+    """Reads and checks the files of a stream; each image is decoded once, however often it is named."""
 
     def __init__(
         self, image_root: Path, require_image_token: bool, max_samples: int | None, followups: bool
@@ -268,19 +288,40 @@ class _Reader:
         """The samples of ``file``; every bad record (up to :data:`MAX_PROBLEMS`) in one ValueError."""
         # Only the records a run uses are checked, so a quick run on a huge file stays quick.
         records = _load_records(Path(file), label)[: self.max_samples]
-        samples, problems = [], []
-        for where, record in records:
+        read, problems = [], []
+        for index, (where, record) in enumerate(records):
             try:
-                samples.append(self._sample(record, test, scorer))
+                read.append((index, self._sample(record, test, scorer)))
             except RecordError as error:
-                problems.append(f"{where}{_id_note(record)}: {error}")
+                problems.append((index, error))
+        self.decode([sample.image for _, sample in read])
+        problems += [
+            (index, RecordError(f"field 'image': {self.image_problems[sample.image]}"))
+            for index, sample in read
+            if self.image_problems[sample.image]
+        ]
         if problems:
-            shown = "\n".join(f"  {problem}" for problem in problems[:MAX_PROBLEMS])
+            listed = [
+                f"{records[index][0]}{_id_note(records[index][1])}: {error}"
+                for index, error in sorted(problems)
+            ]
+            shown = "\n".join(f"  {problem}" for problem in listed[:MAX_PROBLEMS])
             more = f" (the first {MAX_PROBLEMS} shown)" if len(problems) > MAX_PROBLEMS else ""
             raise ValueError(f"{label}: {len(problems)} invalid record(s){more}:\n{shown}")
+        samples = [sample for _, sample in read]
         if not samples:
             raise ValueError(f"{label}: no samples (the file holds no records)")
+        _check_unique_ids(samples, label)
         return LLaVADataset(samples)
+
+    def decode(self, paths: list[Path]) -> None:
+        """Decode every image of ``paths`` not decoded yet, in parallel, and note its problem.
+
+        Pillow releases the GIL while it decodes, so threads share the work across the cores
+        (measured in the README)."""
+        new = list(dict.fromkeys(path for path in paths if path not in self.image_problems))
+        with ThreadPoolExecutor(_usable_cores()) as pool:
+            self.image_problems.update(zip(new, pool.map(_image_problem, new)))
 
     def _sample(self, record: object, test: bool, scorer: str) -> Sample:
         if not isinstance(record, dict):
@@ -298,11 +339,8 @@ class _Reader:
             question = _with_image_token(question, not self.require_image_token, field)
             # A test record is one question; training takes the follow-ups unless turns: first.
             followups = tuple(later) if self.followups and not test else ()
-        if test and scorer == "multiple_choice":
-            # Checked now: the scorer would otherwise fail at the first evaluation, after training.
-            for reference in [answer] if isinstance(answer, str) else answer:
-                if extract_choice(reference) is None:
-                    raise RecordError(f"answer {reference!r} names no option letter (scorer multiple_choice)")
+        if test:
+            _check_references(answer, scorer)
         return Sample(record_id, self._image(record), question, answer, followups)
 
     def _image(self, record: dict) -> Path:
@@ -318,23 +356,38 @@ class _Reader:
             raise RecordError(
                 f"field 'image': {name!r} resolves to {path}, outside image_root {self.image_root}"
             )
-        if path not in self.image_problems:
-            self.image_problems[path] = _image_problem(path)
-        if self.image_problems[path]:
-            raise RecordError(f"field 'image': {self.image_problems[path]}")
+        if not path.is_file():
+            raise RecordError(f"field 'image': no image file at {path}")
         return path
 
 
 def _image_problem(path: Path) -> str | None:
-    """Why the image at ``path`` cannot be used, or None; reads the header and checks the data."""
-    if not path.is_file():
-        return f"no image file at {path}"
+    """Why the image at ``path`` cannot be used, or None. Both checks are needed: ``verify()``
+    checks what a decoder may not (PNG checksums, a missing end chunk) but reads no JPEG
+    data; the decode and conversion are what training does (:func:`~contmm.images.open_rgb`)."""
     try:
         with Image.open(path) as image:
             image.verify()
+        open_rgb(path)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return f"{path} is not a readable image ({error})"
     return None
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share; macOS has no
+    affinity call, and counts them all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _check_unique_ids(samples: list[Sample], label: str) -> None:
+    """Predictions and replay are keyed by sample id: two samples of one split must not share one."""
+    counts = Counter(sample.id for sample in samples)
+    duplicates = [record_id for record_id, count in counts.items() if count > 1]
+    if duplicates:
+        shown = ", ".join(repr(record_id) for record_id in duplicates[:MAX_PROBLEMS])
+        more = f" (the first {MAX_PROBLEMS} shown)" if len(duplicates) > MAX_PROBLEMS else ""
+        raise ValueError(f"{label}: {len(duplicates)} sample id(s) used more than once{more}: {shown}")
 
 
 def _id_note(record: object) -> str:
@@ -380,12 +433,8 @@ class LLaVAStream(TaskStream):
 
 def _check_settings(tasks: list[TaskFiles], image_root: str, max_samples: int | None) -> None:
     """The checks that need no file read: they fail fastest."""
-    if not tasks:
-        raise ValueError("LLaVAStream: tasks is empty; give at least one {name, train, test}")
-    names = [task.name for task in tasks]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"LLaVAStream: duplicate task name(s) {duplicates}; task names must be unique")
+    # As TaskStream checks them once the files are read: here they fail before any is.
+    check_task_names([task.name for task in tasks], "LLaVAStream")
     for task in tasks:
         try:
             get_scorer(task.scorer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -122,12 +123,17 @@ def test_require_image_token_false_puts_the_placeholder_in_front(tmp_path, root)
     assert stream.tasks[0].train[0]["question"] == "<image>\nwhat colour ?"
 
 
-def test_an_image_named_by_many_records_is_read_and_verified_once(tmp_path, root, monkeypatch):
+def test_an_image_named_by_many_records_is_checked_once(tmp_path, root, monkeypatch):
     opened = []
     original = Image.open
     monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(path) or original(path, *a, **k))
-    stream_with(tmp_path, root, train=good_train() * 5, test=good_test() * 5)
-    assert len(opened) == 2
+    train = [
+        conversation(f"t{i}", image, "<image>\nq", "a")
+        for i, image in enumerate(["red.png", "sub/blue.png"] * 5)
+    ]
+    test = [coin(i, image, "q", "red") for i, image in enumerate(["red.png", "sub/blue.png"] * 5)]
+    stream_with(tmp_path, root, train=train, test=test)
+    assert len(opened) == 4  # red.png and blue.png: verified, then decoded
 
 
 # ----------------------------------------------------------------------------- bad files
@@ -267,6 +273,15 @@ BAD_TEST = {
         "field 'text': the question holds 2",
     ),
     "a conversation without a gpt answer": (with_turns([HUMAN]), "not followed by a 'gpt' answer"),
+    "an answer of an article only": (
+        coin(5, "red.png", "q", ["red", "the"]),
+        "answer 'the' is empty once normalised",
+    ),
+    "an answer of punctuation only": (coin(5, "red.png", "q", "?"), "answer '?' is empty once normalised"),
+    "a conversation answering an article only": (
+        with_turns([HUMAN, {"from": "gpt", "value": "An."}]),
+        "answer 'An.' is empty once normalised for scoring",
+    ),
 }
 
 
@@ -276,6 +291,13 @@ def test_a_bad_test_record_is_named(tmp_path, root, case):
     message = error_of(tmp_path, root, test=[good_test()[0], record])
     assert message.startswith(f"task 'vqa' test file {tmp_path / 'test.json'}: 1 invalid record(s):\n")
     assert "  record 1" in message and fragment in message
+
+
+def test_multiple_choice_answers_are_letters_not_normalised_text(tmp_path, root):
+    # "A" normalises to nothing (the article) but is an option letter; "the" is refused elsewhere.
+    test = [coin(0, "red.png", "pick", "A"), coin(1, "red.png", "pick", "(B)")]
+    assert stream_with(tmp_path, root, test=test, scorer="multiple_choice").tasks[0].test[0]["answer"] == "A"
+    assert "answer 'A' is empty once normalised" in error_of(tmp_path, root, test=test, scorer="exact_match")
 
 
 def test_multiple_choice_answers_must_name_an_option(tmp_path, root):
@@ -309,13 +331,64 @@ def test_a_missing_image_is_named(tmp_path, root):
     assert f"(id 'm'): field 'image': no image file at {root / 'sub/gone.png'}" in message
 
 
-@pytest.mark.parametrize("content", [b"not an image at all", "truncated"], ids=["garbage", "truncated png"])
+def truncated_jpeg(path: Path) -> bytes:
+    """A JPEG cut in the middle of its data: its header is whole, so only decoding finds the cut."""
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, "JPEG")
+    return path.read_bytes()[: path.stat().st_size // 2]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not an image at all", "truncated png", "truncated jpeg"],
+    ids=["garbage", "truncated png", "truncated jpeg"],
+)
 def test_an_unreadable_image_is_named(tmp_path, root, content):
-    if content == "truncated":
+    if content == "truncated png":
         content = (root / "red.png").read_bytes()[:-20]  # the end chunk and part of the data are cut
+    elif content == "truncated jpeg":
+        content = truncated_jpeg(tmp_path / "whole.jpg")
     (root / "broken.png").write_bytes(content)
-    message = error_of(tmp_path, root, test=[coin("b", "broken.png", "q", "a")])
-    assert f"(id 'b'): field 'image': {root / 'broken.png'} is not a readable image" in message
+    message = error_of(
+        tmp_path, root, test=[coin(0, "red.png", "q", "red"), coin("b", "broken.png", "q", "red")]
+    )
+    assert (
+        f"test.json: 1 invalid record(s):\n  record 1 (id 'b'): field 'image': {root / 'broken.png'} is not a readable image"
+        in message
+    )
+
+
+def test_image_problems_are_listed_in_record_order_with_the_other_problems(tmp_path, root):
+    (root / "broken.png").write_bytes(truncated_jpeg(tmp_path / "whole.jpg"))
+    train = [
+        conversation("b0", "broken.png", "<image>", "a"),
+        conversation("n1", "red.png", "no placeholder", "a"),
+        conversation("b2", "broken.png", "<image>", "a"),
+    ]
+    lines = error_of(tmp_path, root, train=train).splitlines()
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "  record 0 (id 'b0')",
+        "  record 1 (id 'n1')",
+        "  record 2 (id 'b2')",
+    ]
+
+
+def test_sample_ids_used_twice_in_a_split_are_named_with_the_file(tmp_path, root):
+    train = [conversation(record_id, "red.png", "<image>", "a") for record_id in ["a", "b", "a", 7, 7, "7"]]
+    message = error_of(tmp_path, root, train=train)
+    assert (
+        message
+        == f"task 'vqa' train file {tmp_path / 'train.json'}: 2 sample id(s) used more than once: 'a', 7"
+    )
+    test = [coin(3, "red.png", "q", "red"), coin(3, "sub/blue.png", "q", "blue")]
+    assert error_of(tmp_path, root, test=test).endswith("test.json: 1 sample id(s) used more than once: 3")
+    # The same id in the train and the test split is no clash: they are scored apart.
+    stream_with(
+        tmp_path,
+        root,
+        train=[conversation(0, "red.png", "<image>", "a")],
+        test=[coin(0, "red.png", "q", "red")],
+    )
 
 
 def test_several_bad_records_are_listed_together(tmp_path, root):

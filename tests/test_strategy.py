@@ -18,6 +18,7 @@ class Recorder(Strategy):
     """Records every hook call (class-level, since the CLI builds the instance)."""
 
     calls: ClassVar[list] = []
+    once_per_run = False  # two copies, each with its own penalty, are composed below
 
     def __init__(self, penalty: float = 0.0, tag: str = "r") -> None:
         self.value, self.tag = penalty, tag

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
+from contmm.images import open_rgb, to_rgb
+
 if TYPE_CHECKING:
     from contmm.model.mmllm import MMLLM
 
@@ -26,8 +28,9 @@ def model_inputs(batch: dict) -> dict:
 
 
 def sample_image(sample: dict) -> Image.Image:
-    image = sample["image"] if isinstance(sample["image"], Image.Image) else Image.open(sample["image"])
-    return image.convert("RGB")
+    """The sample's image (a PIL image or a path) in RGB, converted as :func:`to_rgb` says."""
+    image = sample["image"]
+    return to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
 
 
 class InstructionCollator:
