@@ -156,6 +156,11 @@ def in_progress_checkpoint(run_path: Path, stage: int) -> Path | None:
 
 def latest_checkpoint(run_path: Path) -> Path | None:
     """The newest complete ``checkpoints/stage_<i>`` directory, or None."""
+    return next(iter(kept_checkpoints(run_path)), None)
+
+
+def kept_checkpoints(run_path: Path) -> list[Path]:
+    """The complete ``checkpoints/stage_<i>`` directories, newest first."""
     root = run_path / CHECKPOINTS
     if root.exists() and not root.is_dir():
         raise ValueError(
@@ -163,7 +168,27 @@ def latest_checkpoint(run_path: Path) -> Path | None:
             "back there, or move it away and pass --resume false to start over"
         )
     stages = [p for p in root.glob("stage_*") if (p / "state.json").is_file()]
-    return max(stages, key=lambda p: int(p.name.removeprefix("stage_")), default=None)
+    return sorted(stages, key=lambda p: int(p.name.removeprefix("stage_")), reverse=True)
+
+
+def newest_loadable_checkpoint(run_path: Path) -> tuple[Path | None, Checkpoint | None]:
+    """The newest checkpoint that loads, and its path. A damaged one is passed over for the one
+    before it, with a warning (with ``checkpoint.keep: all`` it costs a stage, not the run);
+    when none loads, the newest's error."""
+    kept = kept_checkpoints(run_path)
+    newest_error = None
+    for n, path in enumerate(kept):
+        try:
+            return path, load_checkpoint(path)
+        except ValueError as error:
+            newest_error = newest_error or error
+            if n + 1 < len(kept):
+                rank_zero_warn(
+                    f"{error}\nGoing on from {kept[n + 1]} instead: the stages after it are trained again"
+                )
+    if newest_error is not None:
+        raise newest_error
+    return None, None
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -20,8 +20,7 @@ from contmm.checkpoint import (
     config_difference,
     in_progress_checkpoint,
     in_progress_dir,
-    latest_checkpoint,
-    load_checkpoint,
+    newest_loadable_checkpoint,
     save_checkpoint,
 )
 from contmm.data import DataConfig, StageData
@@ -200,8 +199,7 @@ class ContinualRun:
                 )
             self.run.mark()
             return None
-        path = latest_checkpoint(self.run.path)
-        checkpoint = load_checkpoint(path) if path else None
+        path, checkpoint = newest_loadable_checkpoint(self.run.path)
         results = self.run.read_results()
         if results is not None:
             check_kept(self.run.path, path, results.get("stages_completed"))

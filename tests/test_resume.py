@@ -348,3 +348,20 @@ def test_a_damaged_in_stage_checkpoint_is_set_aside_and_the_stage_starts_over(tm
         main(["fit", *run, "--output_dir", str(out)])
     whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "resumed"))
     assert resumed["matrix"] == whole["matrix"]  # stage 2 trained again from its start
+
+
+def test_with_every_checkpoint_kept_a_damaged_newest_one_costs_one_stage_not_the_run(tmp_path, monkeypatch):
+    run = [*RUN, "--checkpoint.keep", "all"]
+    main(["fit", *run, "--output_dir", str(tmp_path / "whole")])
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        crash_in_training(patch, task_id=2)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            main(["fit", *run, "--output_dir", str(out)])
+    (out / "checkpoints/stage_2/model.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(
+        UserWarning, match=r"Going on from .*stage_1 instead: the stages after it are trained again"
+    ):
+        main(["fit", *run, "--output_dir", str(out)])
+    whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "resumed"))
+    assert resumed["matrix"] == whole["matrix"]
