@@ -316,16 +316,23 @@ def test_ctrl_c_in_the_middle_of_a_stage_keeps_the_completed_stages_and_the_run_
     assert {k: v for k, v in files(out, "predictions/**/*").items() if k in kept} == kept
 
 
+def whole_and_crashed(tmp_path, monkeypatch, run: list[str], crash) -> Path:
+    """``run`` uninterrupted into ``tmp_path/whole``, and stopped by ``crash(patch)`` in
+    ``tmp_path/resumed``, which is returned."""
+    main(["fit", *run, "--output_dir", str(tmp_path / "whole")])
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        crash(patch)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            main(["fit", *run, "--output_dir", str(out)])
+    return out
+
+
 def test_a_kill_after_a_stages_last_epoch_resumes_with_its_end_of_task_step_run_once(tmp_path, monkeypatch):
     """In-stage checkpoints on: killed while row 2 is evaluated, after stage 2's last epoch.
     Replay's memory and EWC's Fisher must still take task 1, exactly once."""
     run = [*RUN, "--trainer.max_epochs", "2", "--trainer.enable_checkpointing", "true"]
-    main(["fit", *run, "--output_dir", str(tmp_path / "whole")])
-    out = tmp_path / "resumed"
-    with monkeypatch.context() as patch:
-        crash_in_evaluation(patch, task_id=1)
-        with pytest.raises(RuntimeError, match="injected crash"):
-            main(["fit", *run, "--output_dir", str(out)])
+    out = whole_and_crashed(tmp_path, monkeypatch, run, lambda patch: crash_in_evaluation(patch, task_id=1))
     main(["fit", *run, "--output_dir", str(out)])
     whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "resumed"))
     assert resumed["matrix"] == whole["matrix"]
@@ -334,14 +341,11 @@ def test_a_kill_after_a_stages_last_epoch_resumes_with_its_end_of_task_step_run_
     assert files(out, "predictions/**/*") == files(tmp_path / "whole", "predictions/**/*")
 
 
-def test_a_damaged_in_stage_checkpoint_is_set_aside_and_the_stage_starts_over(tmp_path, monkeypatch, capsys):
+def test_a_damaged_in_stage_checkpoint_is_set_aside_and_the_stage_starts_over(tmp_path, monkeypatch):
     run = [*RUN, "--trainer.max_epochs", "3", "--trainer.enable_checkpointing", "true"]
-    main(["fit", *run, "--output_dir", str(tmp_path / "whole")])
-    out = tmp_path / "resumed"
-    with monkeypatch.context() as patch:
-        crash_in_training(patch, task_id=1, epoch=2)
-        with pytest.raises(RuntimeError, match="injected crash"):
-            main(["fit", *run, "--output_dir", str(out)])
+    out = whole_and_crashed(
+        tmp_path, monkeypatch, run, lambda patch: crash_in_training(patch, task_id=1, epoch=2)
+    )
     last = out / "checkpoints/stage_2_in_progress/last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])  # cut short, as by a kill while it was written
     with pytest.warns(UserWarning, match="is not a whole checkpoint: set aside as last.ckpt.damaged"):
@@ -352,12 +356,7 @@ def test_a_damaged_in_stage_checkpoint_is_set_aside_and_the_stage_starts_over(tm
 
 def test_with_every_checkpoint_kept_a_damaged_newest_one_costs_one_stage_not_the_run(tmp_path, monkeypatch):
     run = [*RUN, "--checkpoint.keep", "all"]
-    main(["fit", *run, "--output_dir", str(tmp_path / "whole")])
-    out = tmp_path / "resumed"
-    with monkeypatch.context() as patch:
-        crash_in_training(patch, task_id=2)
-        with pytest.raises(RuntimeError, match="injected crash"):
-            main(["fit", *run, "--output_dir", str(out)])
+    out = whole_and_crashed(tmp_path, monkeypatch, run, lambda patch: crash_in_training(patch, task_id=2))
     (out / "checkpoints/stage_2/model.pt").write_bytes(b"not a checkpoint")
     with pytest.warns(
         UserWarning, match=r"Going on from .*stage_1 instead: the stages after it are trained again"
