@@ -30,7 +30,8 @@ from contmm.fingerprint import changed_input, run_inputs
 from contmm.matrix import ScoreMatrix, row_after
 from contmm.metrics import compute_metrics, tasks_to_evaluate
 from contmm.model import ModelConfig, build_model
-from contmm.module import ContinualModule, EvalConfig, OptimizerConfig
+from contmm.module import ContinualModule, EvalConfig
+from contmm.optimizer import OptimizerConfig
 from contmm.results import RunDirectory, summary_table
 from contmm.rundata import load_run
 from contmm.settings import check_at_least, check_positive, check_seed

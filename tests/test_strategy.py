@@ -9,7 +9,8 @@ import torch
 
 from contmm.cli import main
 from contmm.model.collate import InstructionCollator
-from contmm.module import ContinualModule, EvalConfig, OptimizerConfig, build_optimizer
+from contmm.module import ContinualModule, EvalConfig
+from contmm.optimizer import OptimizerConfig, build_optimizer
 from contmm.strategy import Strategies, Strategy
 from tests.helpers import TINY_RUN
 
