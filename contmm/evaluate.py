@@ -7,7 +7,6 @@ the stream is scored, as a row of the matrix would be.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -61,8 +60,8 @@ def load_stage(run: ContinualRun, source: Path, stage: int | None) -> int:
 def evaluate(run: ContinualRun, source: str | None = None, stage: int | None = None) -> dict:
     """Score every task of ``run``'s stream with its model, or with ``source``'s stage
     checkpoint; write ``results.json`` and ``predictions/<task>.jsonl`` to its output_dir."""
-    existing = run.run.path / "results.json"
-    if existing.is_file() and "scores" not in json.loads(existing.read_text()):
+    existing = run.run.read_results()
+    if existing is not None and "scores" not in existing:
         raise ValueError(f"{run.run.path} holds a fit run's results: choose another --output_dir for eval")
     run.strategies.setup(run.model, run.stream)
     if source is not None:

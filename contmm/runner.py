@@ -6,7 +6,6 @@ other ranks), so everything here is deterministic from the seed; only rank 0 wri
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -157,7 +156,7 @@ class ContinualRun:
             completed = self.restore(checkpoint)
         if completed == len(self.stream.tasks):
             status(f"{self.run.path}: all {completed} stages are complete; --resume false starts over")
-            return json.loads((self.run.path / "results.json").read_text())
+            return self.run.read_results()
         for experience in self.benchmark.train_stream[completed:]:
             stage = row_after(experience.current_experience)
             trainer = self.tune(experience, stage)
