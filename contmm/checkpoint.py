@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from contmm.model import COMPONENTS, ComponentModel
+from contmm.model import ComponentModel
 
 CHECKPOINTS = "checkpoints"
 # What a resume reads from state.json: the matrix (ScoreMatrix.state_dict) and the rest.
@@ -72,7 +72,7 @@ class TrainedWeights:
     def __init__(self, model: ComponentModel, trained: set[str]) -> None:
         self.model = model
         self.untrained_tensors = [
-            t for name in COMPONENTS if name not in trained for t in model.component_tensors(name)
+            t for name in model.components() if name not in trained for t in model.component_tensors(name)
         ]
         self.untrained = {id(t) for t in self.untrained_tensors}
 

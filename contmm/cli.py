@@ -20,6 +20,7 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 from lightning.pytorch.loggers import Logger
 
 from contmm import evaluate, export, plot, report
+from contmm.generation_grid import generation_grid_png
 from contmm.rundata import load_run
 from contmm.runner import ContinualRun
 
@@ -149,8 +150,15 @@ def fit(fit_cli: ArgumentParser, cfg) -> dict:
 
 def plot_command(cfg) -> None:
     """Write the figure of the runs the parsed ``plot`` arguments ``cfg`` name."""
-    plot.save_plot([load_run(path) for path in cfg.runs], cfg.output)
+    runs = [load_run(path) for path in cfg.runs]
+    plot.save_plot(runs, cfg.output)
     print(f"wrote {cfg.output}")
+    output = Path(cfg.output)
+    for run in runs:  # runs with generation tasks: their images after every stage, beside it
+        if (grid := generation_grid_png(run)) is not None:
+            path = output.with_name(f"{output.stem}_{run.name}_generations.png")
+            path.write_bytes(grid)
+            print(f"wrote {path}")
 
 
 def report_command(cfg) -> None:

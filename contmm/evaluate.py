@@ -70,7 +70,7 @@ def evaluate(run: ContinualRun, source: str | None = None, stage: int | None = N
     evaluation = run.module.evaluate(trainer, run.stage_data(evaluate=range(len(run.stream.tasks))))
     names = run.stream.task_names
     for task_id, records in evaluation.predictions.items():
-        run.run.write_predictions(None, names[task_id], records)
+        run.run.write_predictions(None, names[task_id], records, evaluation.images.get(task_id))
     results = {
         "tasks": names,
         "scores": {names[j]: score for j, score in evaluation.scores.items()},

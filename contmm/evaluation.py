@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torchmetrics import Metric
@@ -42,10 +42,12 @@ class TaskScores(Metric):
 @dataclass
 class Evaluation:
     """What one evaluation gave, the same on every rank: per evaluated task id, its strict and
-    lenient score and its per-sample prediction records (all ranks'); and what the
-    strategies reported (e.g. routing accuracy)."""
+    lenient score and its per-sample prediction records (all ranks'); the images generated
+    for generation tasks (PNG bytes by sample id); and what the strategies reported (e.g.
+    routing accuracy)."""
 
     scores: dict[int, float]
     lenient_scores: dict[int, float]
     predictions: dict[int, list[dict]]
     report: dict
+    images: dict[int, dict[str, bytes]] = field(default_factory=dict)

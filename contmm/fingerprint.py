@@ -26,7 +26,12 @@ def _digest(items) -> str:
 def _samples(split) -> list[dict]:
     text = split.text if hasattr(split, "text") else split.__getitem__
     fields = ("id", "question", "answer", "followups")
-    return [{k: sample.get(k) for k in fields} for sample in (text(i) for i in range(len(split)))]
+    # A generation sample's caption (what its conditioning is aligned to) counts too; samples
+    # without one hash as they always did, so earlier runs still resume.
+    return [
+        {k: sample.get(k) for k in fields} | ({"caption": sample["caption"]} if "caption" in sample else {})
+        for sample in (text(i) for i in range(len(split)))
+    ]
 
 
 def run_inputs(stream: TaskStream, tokenizer) -> dict[str, str]:

@@ -1,4 +1,6 @@
-"""The LightningModule of a continual run: LM loss + strategy penalties, batched evaluation.
+"""The LightningModule of a continual run: the model's loss (LM, plus the Output Projector's
+objectives on generation samples) + strategy penalties; batched evaluation, by text or, for
+a generation task, by the image drawn.
 
 One module lives for the whole run; the runner points it at a stage (``task_id``) and
 builds a fresh ``Trainer`` per stage. The optimizer is rebuilt at every fit over the
@@ -17,9 +19,12 @@ import torch
 
 from contmm.distributed import all_gather_objects
 from contmm.evaluation import Evaluation, TaskScores
+from contmm.image_scoring import IMAGE_SCORERS, generates_images, image_noise, image_path, png_bytes
 from contmm.matrix import row_after
 from contmm.model import ComponentModel
 from contmm.model.collate import model_inputs
+from contmm.model.generating import generate_images
+from contmm.model.generator import to_images
 from contmm.optimizer import OptimizerConfig, build_optimizer
 from contmm.scoring import score
 from contmm.settings import check_at_least
@@ -37,12 +42,15 @@ class EvalConfig:
             tasks tuned so far and the next one: exactly the cells every metric needs.
         reference: a single-task reference run directory (``experiments/single_task.yaml``)
             with the same tasks: its diagonal is S_j, and the metrics gain intransigence.
+        image_seed: seeds each generated image's noise, with its sample id: a sample is drawn
+            from the same noise after every stage, whatever its batch.
     """
 
     batch_size: int = 64
     max_new_tokens: int = 8
     matrix: Literal["full", "lower"] = "lower"
     reference: str | None = None
+    image_seed: int = 0
 
     def __post_init__(self) -> None:
         check_at_least("eval.batch_size", self.batch_size, 1)
@@ -120,15 +128,26 @@ class ContinualModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.scores.reset()
         self._predictions: dict[int, list[dict]] = defaultdict(list)
+        self._images: dict[int, dict[str, bytes]] = defaultdict(dict)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         task_id, task = self.trainer.datamodule.eval_tasks[dataloader_idx]
+        draws = generates_images(task.scorer)
         with self.strategies.eval_context(self.model, task_id, batch):
-            new_tokens = self.model.generate(model_inputs(batch), self.evaluation.max_new_tokens)
+            if draws:
+                noise = [image_noise(self.evaluation.image_seed, i) for i in batch["ids"]]
+                new_tokens, images = generate_images(
+                    self.model, model_inputs(batch), self.evaluation.max_new_tokens, noise
+                )
+            else:
+                new_tokens = self.model.generate(model_inputs(batch), self.evaluation.max_new_tokens)
         predictions = [
             p.strip() for p in self.model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         ]
-        scores = [score(task.scorer, p, a) for p, a in zip(predictions, batch["answers"])]
+        if draws:
+            scores = self._score_images(task_id, task.scorer, batch, images)
+        else:
+            scores = [score(task.scorer, p, a) for p, a in zip(predictions, batch["answers"])]
         strict = torch.tensor([s["strict"] for s in scores])
         self.scores.update(task_id, strict, torch.tensor([s["lenient"] for s in scores]))
         for sample_id, question, answer, prediction, sample in zip(
@@ -143,16 +162,38 @@ class ContinualModule(L.LightningModule):
             }
             if sample["lenient"] != sample["strict"]:  # e.g. the answer inside a longer sentence
                 record["lenient_score"] = sample["lenient"]
+            if draws:  # where the image is, beside the jsonl (None: the model drew nothing)
+                record["image"] = (
+                    image_path(task.name, sample_id) if sample_id in self._images[task_id] else None
+                )
             self._predictions[task_id].append(record)
+
+    def _score_images(
+        self, task_id: int, scorer: str, batch: dict, images: dict[int, torch.Tensor]
+    ) -> list[dict]:
+        """Each row's image scored (0 where the model drew none), and kept to be saved."""
+        pictures = dict(zip(images, to_images(torch.stack(list(images.values()))))) if images else {}
+        for row, picture in pictures.items():
+            self._images[task_id][batch["ids"][row]] = png_bytes(picture)
+        image_scorer = IMAGE_SCORERS[scorer]
+        values = [
+            image_scorer(pictures[row], a) if row in pictures else 0.0
+            for row, a in enumerate(batch["answers"])
+        ]
+        return [{"strict": v, "lenient": v} for v in values]
 
     def on_test_epoch_end(self) -> None:
         means, lenient, counts = self.scores.per_task()  # reduced over ranks by torchmetrics
         evaluated = [task_id for task_id, _ in self.trainer.datamodule.eval_tasks]
         scored = [j for j in evaluated if counts[j] > 0]
         shards = all_gather_objects(dict(self._predictions))
+        image_shards = all_gather_objects(dict(self._images))
         self.result = Evaluation(
             scores={j: float(means[j]) for j in scored},
             lenient_scores={j: float(lenient[j]) for j in scored},
             predictions={j: [r for shard in shards for r in shard.get(j, [])] for j in evaluated},
             report=self.strategies.evaluation_report(),  # collective: every rank is here
+            images={
+                j: {k: v for shard in image_shards for k, v in shard.get(j, {}).items()} for j in evaluated
+            },
         )

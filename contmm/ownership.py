@@ -22,7 +22,9 @@ LOG_VERSIONS = ("pretrain", "scores", "stage_*")
 # What `contmm fit` writes and starting over deletes, as globs under the run directory.
 WRITTEN = (
     "results.json",
+    "generations.png",
     "predictions/stage_*/*.jsonl",
+    "predictions/stage_*/*/*.png",  # a generation task's images
     *(
         f"checkpoints/{d}/{f}"
         for d in ("stage_*", ".stage_*.tmp")

@@ -18,11 +18,11 @@ from contmm.lock import locked
 from contmm.ownership import mark, start_over
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, content: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(content) if isinstance(content, bytes) else tmp.write_text(content)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -42,6 +42,10 @@ class RunDirectory:
     def write_text(self, name: str, text: str) -> None:
         if self.is_writer():
             atomic_write(self.path / name, text)
+
+    def write_bytes(self, name: str, content: bytes) -> None:
+        if self.is_writer():
+            atomic_write(self.path / name, content)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -79,10 +83,17 @@ class RunDirectory:
     def write_results(self, results: dict) -> None:
         self.write_text("results.json", json.dumps(results, indent=2) + "\n")
 
-    def write_predictions(self, stage: int | None, task: str, records: list[dict]) -> None:
-        """``predictions/stage_<stage>/<task>.jsonl``; without a stage (an eval) ``predictions/<task>.jsonl``."""
-        lines = "".join(json.dumps(r) + "\n" for r in sorted(records, key=lambda r: str(r["id"])))
+    def write_predictions(
+        self, stage: int | None, task: str, records: list[dict], images: dict[str, bytes] | None = None
+    ) -> None:
+        """``predictions/stage_<stage>/<task>.jsonl``; without a stage (an eval) ``predictions/<task>.jsonl``.
+        A generation task's images (PNG bytes by sample id) go where its records say
+        (``<task>/<id>.png`` beside the jsonl), before the records that point to them."""
         folder = "predictions" if stage is None else f"predictions/stage_{stage}"
+        by_id = {r["id"]: r for r in records}
+        for sample_id, png in (images or {}).items():
+            self.write_bytes(f"{folder}/{by_id[sample_id]['image']}", png)
+        lines = "".join(json.dumps(r) + "\n" for r in sorted(records, key=lambda r: str(r["id"])))
         self.write_text(f"{folder}/{task}.jsonl", lines)
 
 

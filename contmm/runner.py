@@ -26,6 +26,7 @@ from contmm.data import DataConfig, StageData
 from contmm.distributed import status
 from contmm.environment import environment
 from contmm.fingerprint import changed_input, run_inputs
+from contmm.generation_grid import GRID_NAME, generation_grid_png
 from contmm.matrix import ScoreMatrix, row_after
 from contmm.metrics import compute_metrics, tasks_to_evaluate
 from contmm.model import ModelConfig, build_model
@@ -286,8 +287,12 @@ class ContinualRun:
         evaluation = self.module.evaluate(trainer, self.stage_data(evaluate=columns))
         self.scores.record(stage, evaluation)
         for task_id, records in evaluation.predictions.items():
-            self.run.write_predictions(stage, self.stream.tasks[task_id].name, records)
+            self.run.write_predictions(
+                stage, self.stream.tasks[task_id].name, records, evaluation.images.get(task_id)
+            )
         self.run.write_results(self.results(trainer, stage))
+        if any(evaluation.images.values()) and self.run.is_writer():
+            self.run.write_bytes(GRID_NAME, generation_grid_png(load_run(self.run.path)))
         # The user's loggers themselves, not their stage wrappers: step = stage, as in contmm's.
         self.log_scores(stage, [*self.score_loggers, *self.trainers.user_loggers])
 

@@ -29,6 +29,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
 from contmm.distributed import all_reduce_sum
+from contmm.image_scoring import generates_images
 from contmm.model.collate import IGNORE_INDEX
 from contmm.routing import RoutingAccuracy
 from contmm.strategy import Strategy
@@ -120,6 +121,11 @@ class ProjectorExpansion(Strategy):
             raise ValueError(
                 "ProjectorExpansion sends each sample's image to a projector of its own; this "
                 "checkpoint's projector (Qwen2-VL's patch merger) reads all images of a batch as one"
+            )
+        if drawn := [task.name for task in stream.tasks if generates_images(task.scorer)]:
+            raise ValueError(
+                f"ProjectorExpansion routes each sample by its image; the generation task(s) {drawn} have "
+                "none, and expanding the Output Projector is not built yet"
             )
         if model.cfg.input_projector.freeze:
             raise ValueError(

@@ -6,31 +6,30 @@ templates and answer words, so that sequential tuning really forgets: a model tu
 later task answers an earlier task's question with the later task's vocabulary. The
 captioning task describes the whole object and serves MM pre-training (alignment).
 
+The generation tasks turn it round: an instruction ("draw a red shape .") in, an image out,
+scored by a pixel scorer (``contmm/image_scoring.py``) on the colour or quadrant drawn. Their
+samples carry the rendered scene as ``target`` and a ``caption`` for the generator's text
+encoder; with them in the stream, pre-training also draws whole scenes.
+
 Nothing is stored on disk: scenes are drawn from the seed at construction (cheap) and the
 images are rendered when a sample is read.
 """
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
+from contmm.image_scoring import BACKGROUND, PALETTE, QUADRANTS
 from contmm.stream import Task, TaskStream
 
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 180, 60),
-    "blue": (50, 90, 230),
-    "yellow": (235, 215, 40),
-    "purple": (150, 60, 200),
-    "white": (245, 245, 245),
-}
+COLOURS = PALETTE
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
-QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 NUMBERS = ("one", "two", "three", "four")
 
 QUESTIONS = {
@@ -56,7 +55,32 @@ QUESTIONS = {
     ),
     "caption": ("describe the image .", "write a short caption ."),
 }
-TASKS = ("colour", "shape", "count", "position")
+# Generation tasks: an instruction in, an image out, scored on the image by a pixel scorer.
+INSTRUCTIONS = {
+    "draw_colour": (
+        "draw a {colour} shape .",
+        "paint something {colour} .",
+        "make a picture of a {colour} object .",
+    ),
+    "draw_position": (
+        "draw a shape in the {quadrant} .",
+        "put an object in the {quadrant} corner .",
+        "paint something in the {quadrant} .",
+    ),
+    "draw": (
+        "draw a {colour} {shape} in the {quadrant} .",
+        "make a picture of a {colour} {shape} in the {quadrant} .",
+    ),
+}
+# What the generator's text encoder reads for each (the tiny generator was pre-trained on these).
+CAPTIONS = {
+    "draw_colour": "a {colour} shape",
+    "draw_position": "a shape in the {quadrant}",
+    "draw": "a {colour} {shape} in the {quadrant}",
+}
+GENERATION_SCORERS = {"draw_colour": "colour_match", "draw_position": "quadrant_match"}
+UNDERSTANDING = ("colour", "shape", "count", "position")
+TASKS = (*UNDERSTANDING, *GENERATION_SCORERS)
 
 
 @dataclass(frozen=True)
@@ -89,6 +113,16 @@ def _draw(draw: ImageDraw.ImageDraw, obj: Obj, cell: int, rng: random.Random) ->
         draw.rectangle((x0, y0 + third, x1, y1 - third), fill=fill)
 
 
+def render(scene: list[Obj], image_size: int, seed: int) -> Image.Image:
+    """The scene drawn on a dark canvas, each object jittered from ``seed``."""
+    image = Image.new("RGB", (image_size, image_size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    rng = random.Random(seed)
+    for obj in scene:
+        _draw(draw, obj, image_size // 2, rng)
+    return image
+
+
 class ShapesDataset(Dataset):
     """Samples of one task of the synthetic stream; images are rendered on access."""
 
@@ -96,7 +130,7 @@ class ShapesDataset(Dataset):
         self.task, self.split, self.image_size = task, split, image_size
         rng = random.Random(f"{seed}/{task}/{split}")
         self.scenes = [self._scene(rng) for _ in range(size)]
-        self.questions = [rng.choice(QUESTIONS[task]) for _ in range(size)]
+        self.questions = [rng.choice(INSTRUCTIONS.get(task) or QUESTIONS[task]) for _ in range(size)]
         self.render_seeds = [rng.getrandbits(32) for _ in range(size)]
 
     def _scene(self, rng: random.Random) -> list[Obj]:
@@ -112,36 +146,53 @@ class ShapesDataset(Dataset):
             "count": NUMBERS[len(scene) - 1],
             "position": QUADRANTS[obj.quadrant],
             "caption": f"a {obj.colour} {obj.shape} in the {QUADRANTS[obj.quadrant]}",
+            "draw_colour": obj.colour,  # what the scorer checks the drawing for
+            "draw_position": QUADRANTS[obj.quadrant],
+            "draw": f"a {obj.colour} {obj.shape} in the {QUADRANTS[obj.quadrant]}",
         }[self.task]
 
     def __len__(self) -> int:
         return len(self.scenes)
 
     def text(self, index: int) -> dict:
-        """The sample without its image (cheap): id, question and answer."""
+        """The sample without its image (cheap): id, question and answer (and the caption the
+        generator reads, for a generation task)."""
+        sample_id, answer = f"{self.task}-{self.split}-{index}", self._answer(self.scenes[index])
+        if self.task not in INSTRUCTIONS:
+            return {"id": sample_id, "question": f"<image>\n{self.questions[index]}", "answer": answer}
+        obj = self.scenes[index][0]
+        words = {"colour": obj.colour, "shape": obj.shape, "quadrant": QUADRANTS[obj.quadrant]}
+        question = self.questions[index].format(**words)
         return {
-            "id": f"{self.task}-{self.split}-{index}",
-            "question": f"<image>\n{self.questions[index]}",
-            "answer": self._answer(self.scenes[index]),
+            "id": sample_id,
+            "question": question,
+            "answer": answer,
+            "caption": CAPTIONS[self.task].format(**words),
         }
 
     def render(self, index: int) -> Image.Image:
-        image = Image.new("RGB", (self.image_size, self.image_size), (30, 30, 30))
-        draw = ImageDraw.Draw(image)
-        rng = random.Random(self.render_seeds[index])
-        for obj in self.scenes[index]:
-            _draw(draw, obj, self.image_size // 2, rng)
-        return image
+        return render(self.scenes[index], self.image_size, self.render_seeds[index])
 
     def __getitem__(self, index: int) -> dict:
-        return {**self.text(index), "image": self.render(index)}
+        # A generation sample's image is its target, not its input.
+        return {**self.text(index), ("target" if self.task in INSTRUCTIONS else "image"): self.render(index)}
+
+
+class ConcatShapes(ConcatDataset):
+    """Several tasks' samples as one dataset (pre-training: captioning and drawing), with
+    ``text(i)``."""
+
+    def text(self, index: int) -> dict:
+        part = bisect.bisect_right(self.cumulative_sizes, index)
+        return self.datasets[part].text(index - (self.cumulative_sizes[part - 1] if part else 0))
 
 
 class SyntheticShapes(TaskStream):
     """Coloured-shapes VQA stream, deterministic from ``seed``, generated in seconds.
 
     Args:
-        tasks: the instruction tasks in stream order (from colour, shape, count, position).
+        tasks: the instruction tasks in stream order: colour, shape, count, position ask about
+            an image; draw_colour and draw_position ask for one (a model with a generator).
         train_size: training samples per task.
         test_size: test samples per task.
         pretrain_size: captioning samples for MM pre-training (0: no pre-training task).
@@ -151,7 +202,7 @@ class SyntheticShapes(TaskStream):
 
     def __init__(
         self,
-        tasks: Sequence[str] = TASKS,
+        tasks: Sequence[str] = UNDERSTANDING,
         train_size: int = 1000,
         test_size: int = 100,
         pretrain_size: int = 1000,
@@ -167,7 +218,15 @@ class SyntheticShapes(TaskStream):
                 name=task,
                 train=ShapesDataset(task, "train", train_size, seed, image_size),
                 test=ShapesDataset(task, "test", test_size, seed, image_size),
+                scorer=GENERATION_SCORERS.get(task, "exact_match"),
             )
 
         self.tasks = [make(task, train_size) for task in tasks]
-        self.pretrain_task = make("caption", pretrain_size) if pretrain_size else None
+        self.pretrain_task = None
+        if pretrain_size:
+            # With generation tasks in the stream, pre-training also aligns the Output Projector
+            # on whole-scene drawings, as captioning aligns the Input Projector.
+            self.pretrain_task = make("caption", pretrain_size)
+            if any(task in GENERATION_SCORERS for task in tasks):
+                drawing = ShapesDataset("draw", "train", pretrain_size, seed, image_size)
+                self.pretrain_task.train = ConcatShapes([self.pretrain_task.train, drawing])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from contmm.model.collate import IGNORE_INDEX, sample_image
+from contmm.model.collate import IGNORE_INDEX, is_generation, sample_image
 from contmm.tokenizer import IMAGE_TOKEN
 
 
@@ -52,6 +52,11 @@ class ChatCollator:
         )
 
     def __call__(self, samples: list[dict]) -> dict:
+        if drawn := [s["id"] for s in samples if is_generation(s)]:
+            raise ValueError(
+                f"sample {drawn[0]!r} asks for an image: a whole checkpoint (model.pretrained) does not "
+                "generate images in contmm yet; use an assembled model with model.generator"
+            )
         images = [sample_image(s) for s in samples]
         if not self.train:
             prompts = [self.render(chat_messages(s, with_answers=False), prompt=True) for s in samples]

@@ -3,6 +3,11 @@
 Training batches carry labels on the answer tokens only (``-100`` elsewhere); evaluation
 batches are left-padded prompts for batched generation, with the samples' ids, questions
 and answers beside the model inputs (``SAMPLE_FIELDS``).
+
+A generation sample (:func:`is_generation`) has no input image and a ``target`` image; its
+answer is the model's signal tokens, and a training batch carries what its Output Projector
+objectives need: ``generation_rows``, ``caption_ids`` (the generator's tokens of its
+``caption``) and, for the denoising objective, ``target_pixels``.
 """
 
 from __future__ import annotations
@@ -22,14 +27,20 @@ IGNORE_INDEX = -100
 SAMPLE_FIELDS = ("ids", "questions", "answers")
 
 
+def is_generation(sample: dict) -> bool:
+    """A text-to-image sample: an instruction in, its ``target`` image out."""
+    return "target" in sample
+
+
 def model_inputs(batch: dict) -> dict:
     """The batch without its sample fields: what the model's forward / generate take."""
     return {k: v for k, v in batch.items() if k not in SAMPLE_FIELDS}
 
 
-def sample_image(sample: dict) -> Image.Image:
-    """The sample's image (a PIL image or a path) in RGB, converted as :func:`to_rgb` says."""
-    image = sample["image"]
+def sample_image(sample: dict, key: str = "image") -> Image.Image:
+    """The sample's image (a PIL image or a path) in RGB, converted as :func:`to_rgb` says;
+    ``key="target"``: a generation sample's target image."""
+    image = sample[key]
     return to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
 
 
@@ -40,20 +51,33 @@ class InstructionCollator:
         self.tokenizer = model.tokenizer
         self.prompt = model.cfg.prompt
         self.preprocess = model.encoder.preprocess
+        self.image_size = model.encoder.image_size
         self.image_token_id = model.image_token_id
         self.num_image_tokens = model.num_image_tokens
         self.train = train
+        self.generator = model.generator if model.generates else None
+        if self.generator is not None:
+            self.signal_ids = model.signal_token_ids
+            self.aligning = model.cfg.output_projector.alignment_weight > 0
+            self.denoising = model.cfg.output_projector.denoising_weight > 0
 
     def _prompt_ids(self, sample: dict) -> list[int]:
         text = self.prompt.format(question=sample["question"])
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if ids.count(self.image_token_id) != 1:
-            raise ValueError(
-                f"sample {sample['id']!r}: the prompt must hold exactly one <image> placeholder, "
-                f"found {ids.count(self.image_token_id)}: {text!r}"
-            )
-        at = ids.index(self.image_token_id)
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        expected = 0 if is_generation(sample) else 1
+        if ids.count(self.image_token_id) != expected:
+            must = (
+                "exactly one <image> placeholder"
+                if expected
+                else "no <image> placeholder (it asks for an image)"
+            )
+            raise ValueError(
+                f"sample {sample['id']!r}: the prompt must hold {must}, found {ids.count(self.image_token_id)}: {text!r}"
+            )
+        if expected == 0:
+            return bos + ids
+        at = ids.index(self.image_token_id)
         return bos + ids[:at] + [self.image_token_id] * self.num_image_tokens + ids[at + 1 :]
 
     def _answer_ids(self, answer: str) -> list[int]:
@@ -74,17 +98,37 @@ class InstructionCollator:
         ]
         tokens, labels = [], []
         for prompt, answer in turns:
-            answer_ids = self._answer_ids(answer)
+            # A generation sample answers with the signal tokens, whose states condition the generator.
+            answer_ids = (
+                self.signal_ids + [self.tokenizer.eos_token_id]
+                if is_generation(sample)
+                else self._answer_ids(answer)
+            )
             tokens += prompt + answer_ids
             labels += [IGNORE_INDEX] * len(prompt) + answer_ids
         return tokens, labels
 
     def __call__(self, samples: list[dict]) -> dict:
-        batch = {"pixel_values": self.preprocess([sample_image(s) for s in samples])}
+        drawn = [i for i, s in enumerate(samples) if is_generation(s)]
+        if drawn and self.generator is None:
+            raise ValueError(
+                f"sample {samples[drawn[0]]['id']!r} asks for an image (it has a target) but the model "
+                "generates none: give it model.output_projector and model.generator"
+            )
+        images = [sample_image(s) for s in samples if not is_generation(s)]
+        size = self.image_size
+        batch = {"pixel_values": self.preprocess(images) if images else torch.zeros(0, 3, size, size)}
         if self.train:
             sequences, labels = zip(*(self._conversation(s) for s in samples))
             batch.update(self._pad(sequences, left=False))
             batch["labels"] = self._pad_to(labels, IGNORE_INDEX, left=False)
+            if drawn:
+                batch["generation_rows"] = torch.tensor(drawn)
+                if self.aligning:
+                    batch["caption_ids"] = self.generator.caption_ids([samples[i]["caption"] for i in drawn])
+                if self.denoising:
+                    targets = [sample_image(samples[i], "target") for i in drawn]
+                    batch["target_pixels"] = self.generator.preprocess(targets)
         else:
             batch.update(self._pad([self._prompt_ids(s) for s in samples], left=True))
             batch["ids"] = [s["id"] for s in samples]

@@ -9,6 +9,9 @@ import torch
 from torch import nn
 
 COMPONENTS = ("encoder", "input_projector", "backbone")
+# The generating half (arXiv 2401.13601's Output Projector and Modality Generator): a model
+# that generates images has these components too.
+GENERATING = ("output_projector", "generator")
 
 
 def _tensors(module: nn.Module) -> list[torch.Tensor]:
@@ -17,7 +20,8 @@ def _tensors(module: nn.Module) -> list[torch.Tensor]:
 
 class ComponentModel(nn.Module):
     """A multimodal LLM seen as its components (``encoder``, ``input_projector``,
-    ``backbone``; the config's ``model.<component>.freeze`` says which are trained).
+    ``backbone``, and ``output_projector``, ``generator`` where it generates images; the
+    config's ``model.<component>.freeze`` says which are trained).
 
     Subclasses give ``components()``, ``forward(**batch)`` (its output has the LM ``loss``
     when the batch has ``labels``), ``generate(batch, max_new_tokens)`` (the new tokens
@@ -43,15 +47,15 @@ class ComponentModel(nn.Module):
 
     def configured_trainable(self) -> list[str]:
         """The components the config does not freeze."""
-        return [name for name in COMPONENTS if not getattr(self.cfg, name).freeze]
+        return [name for name in self.components() if not getattr(self.cfg, name).freeze]
 
     def set_trainable(self, components: Iterable[str]) -> None:
         """Make exactly the named components trainable, and freeze the others."""
-        components = set(components)
-        unknown = components - set(COMPONENTS)
+        components, known = set(components), list(self.components())
+        unknown = components - set(known)
         if unknown:
-            raise ValueError(f"unknown model component(s) {sorted(unknown)}; known: {list(COMPONENTS)}")
-        for name in COMPONENTS:
+            raise ValueError(f"unknown model component(s) {sorted(unknown)}; this model has {known}")
+        for name in known:
             for tensor in self.component_tensors(name):
                 if isinstance(tensor, nn.Parameter):
                     tensor.requires_grad_(name in components)

@@ -3,8 +3,9 @@
 Understanding path (arXiv 2401.13601): Modality Encoder -> Input Projector -> LLM Backbone.
 The projected image features replace the ``<image>`` placeholder tokens in the backbone's
 ``inputs_embeds`` (LLaVA style; the collator expands one placeholder into
-``num_image_tokens`` copies). An Output Projector and a Modality Generator would be two
-more attributes here, fed from the backbone's hidden states; they are not built yet.
+``num_image_tokens`` copies). Generating path, where the config has it: LLM Backbone (its
+signal tokens' hidden states) -> Output Projector -> Modality Generator
+(``contmm/model/generating.py``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from contmm.model.backbone import BackboneConfig, LLMBackbone, load_tokenizer
 from contmm.model.collate import InstructionCollator
-from contmm.model.components import COMPONENTS, ComponentModel
+from contmm.model.components import COMPONENTS, GENERATING, ComponentModel
 from contmm.model.encoder import EncoderConfig, ModalityEncoder
+from contmm.model.generating import generation_loss
+from contmm.model.generator import GeneratorConfig, ModalityGenerator
+from contmm.model.output_projector import OutputProjectorConfig, build_output_projector, signal_tokens
 from contmm.model.projector import ProjectorConfig, build_projector
 from contmm.tokenizer import IMAGE_TOKEN, build_word_tokenizer
 
@@ -34,6 +38,9 @@ class ModelConfig:
         encoder: the Modality Encoder (a transformers vision model).
         input_projector: the Input Projector from encoder features to LLM embeddings.
         backbone: the LLM Backbone (a transformers causal LM).
+        output_projector: the Output Projector from the LLM's signal-token states to the
+            generator's conditioning (set it and ``generator`` for a model that draws).
+        generator: the Modality Generator (a diffusers model).
         prompt: the instruction template of an assembled model; ``{question}`` holds the
             ``<image>`` placeholder (a whole checkpoint uses its own chat template).
         pretrained: a whole image-text-to-text checkpoint (hub id or directory: LLaVA,
@@ -51,6 +58,8 @@ class ModelConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     input_projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    output_projector: OutputProjectorConfig | None = None
+    generator: GeneratorConfig | None = None
     prompt: str = "USER: {question} ASSISTANT:"
     pretrained: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -77,6 +86,22 @@ class MMLLM(ComponentModel):
             cfg.input_projector, self.encoder.hidden_size, self.backbone.hidden_size
         )
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        if (cfg.output_projector is None) != (cfg.generator is None):
+            raise ValueError("model.output_projector and model.generator come together: set both or neither")
+        self.generates = cfg.generator is not None
+        if self.generates:
+            self.generator = ModalityGenerator(cfg.generator)
+            self.output_projector = build_output_projector(
+                cfg.output_projector,
+                self.backbone.hidden_size,
+                self.generator.conditioning_width,
+                self.generator.conditioning_length,
+            )
+            self.signal_token_ids = tokenizer.convert_tokens_to_ids(
+                signal_tokens(cfg.output_projector.num_signal_tokens)
+            )
+            if tokenizer.unk_token_id in self.signal_token_ids:
+                raise ValueError("the tokenizer lacks the signal tokens <gen_0>…: build it with MMLLM.build")
         with torch.no_grad():
             probe = torch.zeros(1, 3, self.encoder.image_size, self.encoder.image_size)
             self.num_image_tokens = self.project_images(probe).shape[1]
@@ -84,14 +109,18 @@ class MMLLM(ComponentModel):
     @classmethod
     def build(cls, cfg: ModelConfig, texts: Iterable[str]) -> MMLLM:
         """The pretrained backbone's tokenizer, or a word-level one built from ``texts``."""
+        signal = signal_tokens(cfg.output_projector.num_signal_tokens) if cfg.output_projector else []
         if cfg.backbone.pretrained:
             tokenizer = load_tokenizer(cfg.backbone)
+            tokenizer.add_special_tokens(
+                {"additional_special_tokens": signal}, replace_extra_special_tokens=False
+            )
         else:
-            tokenizer = build_word_tokenizer([cfg.prompt, *texts])
+            tokenizer = build_word_tokenizer([cfg.prompt, *texts], signal)
         return cls(cfg, tokenizer)
 
     def components(self) -> dict[str, nn.Module]:
-        return {name: getattr(self, name) for name in COMPONENTS}
+        return {name: getattr(self, name) for name in (*COMPONENTS, *(GENERATING if self.generates else ()))}
 
     def collator(self, train: bool) -> InstructionCollator:
         return InstructionCollator(self, train)
@@ -108,8 +137,10 @@ class MMLLM(ComponentModel):
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         """Text embeddings with the image placeholders replaced by projected image features."""
         embeds = self.backbone.lm.get_input_embeddings()(input_ids)
-        image_embeds = self.project_images(pixel_values).to(embeds.dtype)
         placeholders = input_ids == self.image_token_id
+        if len(pixel_values) == 0 and not placeholders.any():  # text only: generation prompts
+            return embeds
+        image_embeds = self.project_images(pixel_values).to(embeds.dtype)
         if int(placeholders.sum()) != image_embeds.shape[0] * image_embeds.shape[1]:
             raise ValueError(
                 f"{int(placeholders.sum())} image placeholder tokens for {image_embeds.shape[0]} "
@@ -123,12 +154,22 @@ class MMLLM(ComponentModel):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
+        **generation: torch.Tensor,
     ) -> CausalLMOutputWithPast:
-        return self.backbone.lm(
+        """The LM loss on the answers; with a batch's generation samples (``generation_rows``,
+        ``caption_ids``, ``target_pixels``), plus their Output Projector objectives."""
+        outputs = self.backbone.lm(
             inputs_embeds=self.embed(input_ids, pixel_values),
             attention_mask=attention_mask,
             labels=labels,
+            output_hidden_states=bool(generation),
         )
+        if generation:
+            outputs.loss = outputs.loss + generation_loss(
+                self, outputs.hidden_states[-1], input_ids, **generation
+            )
+            outputs.hidden_states = None  # every layer's states: not kept past this point
+        return outputs
 
     @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int) -> torch.Tensor:

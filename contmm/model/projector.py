@@ -38,16 +38,17 @@ class ProjectorConfig:
 
 
 class Resampler(nn.Module):
-    """Learned queries that cross-attend to the image features (and to each other)."""
+    """Learned queries that cross-attend to the features (and to each other): BLIP-2 / Perceiver
+    style for images in, GILL's mapper for the Output Projector."""
 
-    def __init__(self, in_dim: int, out_dim: int, cfg: ProjectorConfig) -> None:
+    def __init__(self, in_dim: int, out_dim: int, num_queries: int, num_layers: int, num_heads: int) -> None:
         super().__init__()
-        self.queries = nn.Parameter(torch.randn(cfg.num_queries, out_dim) * out_dim**-0.5)
+        self.queries = nn.Parameter(torch.randn(num_queries, out_dim) * out_dim**-0.5)
         self.features_in = nn.Linear(in_dim, out_dim)
         block = nn.TransformerDecoderLayer(
-            out_dim, cfg.num_heads, 4 * out_dim, dropout=0.0, batch_first=True, norm_first=True
+            out_dim, num_heads, 4 * out_dim, dropout=0.0, batch_first=True, norm_first=True
         )
-        self.blocks = nn.TransformerDecoder(block, cfg.num_layers, norm=nn.LayerNorm(out_dim))
+        self.blocks = nn.TransformerDecoder(block, num_layers, norm=nn.LayerNorm(out_dim))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         queries = self.queries.expand(features.shape[0], -1, -1)
@@ -60,7 +61,7 @@ def build_projector(cfg: ProjectorConfig, in_dim: int, out_dim: int) -> nn.Modul
     elif cfg.kind == "mlp":
         projector = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
     elif cfg.kind == "resampler":
-        projector = Resampler(in_dim, out_dim, cfg)
+        projector = Resampler(in_dim, out_dim, cfg.num_queries, cfg.num_layers, cfg.num_heads)
     else:
         raise ValueError(f"model.input_projector.kind must be linear, mlp or resampler, not {cfg.kind!r}")
     if cfg.pretrained:
