@@ -27,6 +27,7 @@ from contmm.distributed import status
 from contmm.environment import environment
 from contmm.fingerprint import changed_input, run_inputs
 from contmm.generation_grid import GRID_NAME, generation_grid_png
+from contmm.image_scoring import generates_images
 from contmm.matrix import ScoreMatrix, row_after
 from contmm.metrics import compute_metrics, tasks_to_evaluate
 from contmm.model import ModelConfig, build_model
@@ -291,7 +292,7 @@ class ContinualRun:
                 stage, self.stream.tasks[task_id].name, records, evaluation.images.get(task_id)
             )
         self.run.write_results(self.results(trainer, stage))
-        if any(evaluation.images.values()) and self.run.is_writer():
+        if any(generates_images(task.scorer) for task in self.stream.tasks) and self.run.is_writer():
             self.run.write_bytes(GRID_NAME, generation_grid_png(load_run(self.run.path)))
         # The user's loggers themselves, not their stage wrappers: step = stage, as in contmm's.
         self.log_scores(stage, [*self.score_loggers, *self.trainers.user_loggers])
