@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contmm.model import MMLLM
+from contmm.model import MMLLM, ModelConfig, build_model
 from contmm.model.collate import IGNORE_INDEX, InstructionCollator
 from contmm.model.generating import conditioning, generate_images
 from contmm.model.generator import GeneratorConfig
@@ -179,3 +179,13 @@ def test_lora_per_task_draws_with_each_tasks_adapter(any2any, generator_dir):
 def test_projector_expansion_refuses_a_stream_with_generation_tasks(any2any, generator_dir):
     with pytest.raises(ValueError, match=r"generation task\(s\) \['draw_colour', 'draw_position'\]"):
         ProjectorExpansion().setup(drawing_model(any2any, generator_dir), any2any)
+
+
+def test_a_generator_beside_a_whole_checkpoint_is_refused_not_ignored(generator_dir):
+    cfg = ModelConfig(
+        pretrained="some/llava",
+        output_projector=OutputProjectorConfig(),
+        generator=GeneratorConfig(pretrained=str(generator_dir)),
+    )
+    with pytest.raises(ValueError, match="does not generate images in contmm yet"):
+        build_model(cfg, [])

@@ -23,6 +23,11 @@ def build_model(cfg: ModelConfig, texts: Iterable[str]) -> ComponentModel:
     ]
     if assembled:
         raise ValueError(f"model.pretrained is a whole checkpoint: leave {', '.join(assembled)} unset")
+    if cfg.output_projector is not None or cfg.generator is not None:
+        raise ValueError(
+            "model.output_projector / model.generator: a whole checkpoint (model.pretrained) does not "
+            "generate images in contmm yet; the assembled model does"
+        )
     return PretrainedMMLLM(cfg)
 
 
