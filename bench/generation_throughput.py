@@ -20,7 +20,7 @@ import time
 import torch
 from common import alternating_rounds, bench_parser, load
 
-from contmm.image_scoring import image_noise
+from contmm.image_scoring import generates_images, image_noise
 from contmm.model.generator import ModalityGenerator
 
 
@@ -47,7 +47,7 @@ def main() -> None:
 
     model_cfg, stream, _ = load(args.config)
     generator = ModalityGenerator(model_cfg.generator).eval()
-    tasks = [task for task in stream.tasks if "caption" in task.test.text(0)]
+    tasks = [task for task in stream.tasks if generates_images(task.scorer)]
     per_task = -(-args.samples // len(tasks))
     samples = [task.test.text(i) for i in range(per_task) for task in tasks][: args.samples]
     ids = [s["id"] for s in samples]

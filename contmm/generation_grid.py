@@ -22,29 +22,26 @@ from contmm.rundata import RunData
 GRID_NAME = "generations.png"
 
 
-def _records(run: RunData, stage: int, task: str) -> list[dict] | None:
+def _records(run: RunData, stage: int, task: str) -> dict[str, dict]:
+    """The prediction records of one cell by sample id (none where the cell was not scored)."""
     path = run.path / "predictions" / f"stage_{stage}" / f"{task}.jsonl"
     if not path.is_file():
-        return None
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def generation_tasks(run: RunData) -> dict[str, dict]:
-    """The run's generation tasks (those whose predictions point to images), each with the
-    record of the sample the grid follows."""
-    followed = {}
-    for task in run.tasks:
-        for stage in range(len(run.matrix)):
-            records = _records(run, stage, task)
-            if records and "image" in records[0]:
-                followed[task] = min(records, key=lambda r: str(r["id"]))
-                break
-    return followed
+        return {}
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {r["id"]: r for r in records}
 
 
 def generation_grid(run: RunData) -> Figure | None:
-    """The grid of ``run``, or None if it has no generation task."""
-    followed = generation_tasks(run)
+    """The grid of ``run``, or None if it has no generation task (one whose predictions
+    point to images)."""
+    cells = {
+        (stage, task): _records(run, stage, task) for task in run.tasks for stage in range(len(run.matrix))
+    }
+    followed = {}  # task -> the record of the sample its row follows
+    for (_, task), records in cells.items():
+        first = min(records.values(), key=lambda r: str(r["id"]), default=None)
+        if task not in followed and first is not None and "image" in first:
+            followed[task] = first
     if not followed:
         return None
     stages = len(run.matrix)
@@ -59,8 +56,7 @@ def generation_grid(run: RunData) -> Figure | None:
             ax.set_yticks([])
             if row == 0:
                 ax.set_title("before" if stage == 0 else f"after {run.tasks[stage - 1]}", fontsize=7)
-            records = {r["id"]: r for r in _records(run, stage, task) or []}
-            record = records.get(sample["id"])
+            record = cells[stage, task].get(sample["id"])
             if record is None:
                 continue
             if record["image"] is None:

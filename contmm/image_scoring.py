@@ -85,8 +85,13 @@ def image_noise(seed: int, sample_id: str) -> torch.Generator:
 
 
 def image_path(task: str, sample_id: str) -> str:
-    """Where a generated image is kept, relative to its stage's predictions folder."""
-    return f"{task}/{re.sub(r'[^A-Za-z0-9._-]', '_', str(sample_id))}.png"
+    """Where a generated image is kept, relative to its stage's predictions folder. An id with
+    characters unsafe in a file name has them replaced and a hash of the id added, so that two
+    ids never share a file ("a/b" and "a_b" would)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", str(sample_id))
+    if name != str(sample_id):
+        name += f"-{zlib.crc32(str(sample_id).encode()):08x}"
+    return f"{task}/{name}.png"
 
 
 def png_bytes(image: Image.Image) -> bytes:

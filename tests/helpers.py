@@ -109,6 +109,11 @@ def run_fit(*args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+def run_files(out: Path, pattern: str) -> dict:
+    """The bytes of every file under run directory ``out`` matching ``pattern``, by relative path."""
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.glob(pattern)) if p.is_file()}
+
+
 def fit_error(capsys, *args: str) -> str:
     """What `contmm fit ARGS` prints on stderr when it fails, checked to be one message: no
     traceback, no usage dump."""

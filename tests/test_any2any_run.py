@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from contmm.cli import main
-from tests.helpers import REPO, TINY_RUN, crash_in_training
+from tests.helpers import REPO, TINY_RUN, crash_in_training, run_files
 
 # The tiny run's overrides on the any-to-any config (TINY_RUN opens with its own --config).
 RUN = [
@@ -28,10 +28,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_repo")]
 def fit(out, *extra):
     main(["fit", *RUN, "--output_dir", str(out), *extra])
     return json.loads((out / "results.json").read_text())
-
-
-def files(out, pattern):
-    return {p.relative_to(out): p.read_bytes() for p in sorted(out.glob(pattern)) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +74,8 @@ def test_a_crashed_any2any_run_resumes_to_the_uninterrupted_matrix_and_images(
     resumed = fit(out)
     expected = json.loads((uninterrupted / "results.json").read_text())
     assert resumed["matrix"] == expected["matrix"]
-    assert files(out, "predictions/**/*.jsonl") == files(uninterrupted, "predictions/**/*.jsonl")
-    assert files(out, "predictions/**/*.png") == files(uninterrupted, "predictions/**/*.png")
+    assert run_files(out, "predictions/**/*.jsonl") == run_files(uninterrupted, "predictions/**/*.jsonl")
+    assert run_files(out, "predictions/**/*.png") == run_files(uninterrupted, "predictions/**/*.png")
 
 
 def test_contmm_plot_writes_the_generation_grid_beside_the_figure(tmp_path, uninterrupted, capsys):

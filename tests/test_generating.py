@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from contmm.fingerprint import changed_input, run_inputs
+from contmm.image_scoring import image_path
 from contmm.model import MMLLM, ModelConfig, build_model
 from contmm.model.collate import IGNORE_INDEX, InstructionCollator
 from contmm.model.generating import conditioning, generate_images
@@ -189,3 +191,18 @@ def test_a_generator_beside_a_whole_checkpoint_is_refused_not_ignored(generator_
     )
     with pytest.raises(ValueError, match="does not generate images in contmm yet"):
         build_model(cfg, [])
+
+
+def test_image_files_of_two_sample_ids_never_collide():
+    assert image_path("draw", "draw-test-3") == "draw/draw-test-3.png"
+    paths = {image_path("draw", i) for i in ("a/b", "a_b", "a b", "a:b")}
+    assert len(paths) == 4 and all("/" not in p.removeprefix("draw/") for p in paths)
+
+
+def test_an_edited_caption_changes_the_runs_data_fingerprint(any2any, model):
+    before = run_inputs(any2any, model.tokenizer)
+    split = any2any.tasks[1].train
+    text = split.text
+    split.text = lambda i: {**text(i), "caption": "an edited caption"} if i == 0 else text(i)
+    after = run_inputs(any2any, model.tokenizer)
+    assert changed_input(before, after) == "the data of task split 'draw_colour train'"

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from contmm.cli import main
-from tests.helpers import REPO, TINY_RUN
+from tests.helpers import REPO, TINY_RUN, run_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_repo")]
 
@@ -42,10 +42,6 @@ def run_args(strategy: str, out) -> list[str]:
         "--trainer.enable_checkpointing", "true", "--strategies", STRATEGIES[strategy], *extra,
         "--output_dir", str(out),
     ]  # fmt: skip
-
-
-def files(out, pattern: str) -> dict:
-    return {p.relative_to(out): p.read_bytes() for p in sorted(out.glob(pattern)) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -82,5 +78,5 @@ def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_results(
     resumed, expected = (json.loads((d / "results.json").read_text()) for d in (out, whole))
     assert resumed["matrix"] == expected["matrix"]
     assert resumed["strategy_reports"] == expected["strategy_reports"]
-    assert files(out, "predictions/**/*.jsonl") == files(whole, "predictions/**/*.jsonl")
-    assert files(out, "checkpoints/stage_3/*.pt") == files(whole, "checkpoints/stage_3/*.pt")
+    assert run_files(out, "predictions/**/*.jsonl") == run_files(whole, "predictions/**/*.jsonl")
+    assert run_files(out, "checkpoints/stage_3/*.pt") == run_files(whole, "checkpoints/stage_3/*.pt")

@@ -11,7 +11,7 @@ import torch
 from contmm.cli import main
 from contmm.module import ContinualModule
 from contmm.strategy import Strategy
-from tests.helpers import TINY_RUN, crash_in_evaluation, crash_in_training, fit_error, run_fit
+from tests.helpers import TINY_RUN, crash_in_evaluation, crash_in_training, fit_error, run_files, run_fit
 
 # Three tasks, with the two strategies whose state a resume must carry: replay memory and
 # the EWC Fisher and anchors.
@@ -35,10 +35,6 @@ def fit(out, *extra):
     return json.loads((out / "results.json").read_text())
 
 
-def files(out, pattern):
-    return {p.relative_to(out): p.read_bytes() for p in sorted(out.glob(pattern)) if p.is_file()}
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
@@ -58,14 +54,14 @@ def test_a_run_interrupted_in_stage_3_resumes_and_gives_the_uninterrupted_matrix
     partial = json.loads((out / "results.json").read_text())
     assert partial["stages_completed"] == 2 and partial["matrix"][3] == [None, None, None]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["stage_2"]
-    before = files(out, "predictions/stage_[012]/*.jsonl")
+    before = run_files(out, "predictions/stage_[012]/*.jsonl")
     assert len(before) == 3 * 3 - 1  # row 1 of the lower matrix leaves count out
 
     resumed = fit(out)
     expected = json.loads((uninterrupted / "results.json").read_text())
     assert resumed["matrix"] == expected["matrix"]
     assert resumed["metrics"] == expected["metrics"]
-    assert files(out, "predictions/**/*.jsonl") == files(uninterrupted, "predictions/**/*.jsonl")
+    assert run_files(out, "predictions/**/*.jsonl") == run_files(uninterrupted, "predictions/**/*.jsonl")
     # The resumed run's CSV of scores holds every stage, the restored ones too.
     logged = (out / "logs/csv/scores/metrics.csv").read_text().splitlines()
     assert sorted(line.split(",")[-1] for line in logged[1:]) == ["0", "1", "2", "3"]
@@ -75,7 +71,7 @@ def test_the_same_config_and_seed_give_the_same_results(tmp_path, uninterrupted)
     again = fit(tmp_path / "again")
     expected = json.loads((uninterrupted / "results.json").read_text())
     assert again["matrix"] == expected["matrix"]
-    assert files(tmp_path / "again", "predictions/**/*.jsonl") == files(
+    assert run_files(tmp_path / "again", "predictions/**/*.jsonl") == run_files(
         uninterrupted, "predictions/**/*.jsonl"
     )
 
@@ -83,10 +79,10 @@ def test_the_same_config_and_seed_give_the_same_results(tmp_path, uninterrupted)
 def test_a_finished_run_is_not_rerun(tmp_path, uninterrupted, capsys):
     out = tmp_path / "copy"
     shutil.copytree(uninterrupted, out)
-    before = files(out, "**/*")
+    before = run_files(out, "**/*")
     assert fit(out)["stages_completed"] == 3
     assert "all 3 stages are complete" in capsys.readouterr().out
-    assert files(out, "predictions/**/*") == {
+    assert run_files(out, "predictions/**/*") == {
         k: v for k, v in before.items() if str(k).startswith("predictions")
     }
 
@@ -96,10 +92,10 @@ def test_another_config_in_a_run_directory_is_refused_and_resume_false_starts_ov
 ):
     out = tmp_path / "copy"
     shutil.copytree(uninterrupted, out)
-    kept = files(out, "**/*")
+    kept = run_files(out, "**/*")
     message = fit_error(capsys, *RUN, "--output_dir", str(out), "--optimizer.lr", "0.01")
     assert "optimizer.lr: 0.001 there, 0.01 now" in message and "--resume false" in message
-    assert files(out, "**/*") == kept  # nothing touched
+    assert run_files(out, "**/*") == kept  # nothing touched
 
     results = fit(out, "--optimizer.lr", "0.01", "--resume", "false")
     assert results["stages_completed"] == 3 and results["config"]["optimizer"]["lr"] == 0.01
@@ -230,7 +226,9 @@ def test_strategies_that_add_structure_resume_to_the_uninterrupted_matrix(
     whole, resumed = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("whole", "resumed"))
     assert resumed["matrix"] == whole["matrix"]
     assert resumed["strategy_reports"] == whole["strategy_reports"]
-    assert files(tmp_path / "resumed", "predictions/**/*") == files(tmp_path / "whole", "predictions/**/*")
+    assert run_files(tmp_path / "resumed", "predictions/**/*") == run_files(
+        tmp_path / "whole", "predictions/**/*"
+    )
 
 
 @pytest.mark.parametrize(
@@ -251,12 +249,12 @@ def test_bad_input_is_named_and_leaves_a_run_directorys_completed_stages_untouch
     shutil.copytree(uninterrupted, out)
     broken = tmp_path / "broken.yaml"
     broken.write_text("trainer:\n  max_epochs: [1, 2\n")
-    kept = files(out, "**/*")
+    kept = run_files(out, "**/*")
     message = fit_error(
         capsys, *RUN, "--output_dir", str(out), *[str(broken) if a == "BROKEN_YAML" else a for a in bad]
     )
     assert named in message and message.count("contmm: error:") == 1
-    assert files(out, "**/*") == kept
+    assert run_files(out, "**/*") == kept
 
 
 def test_a_stage_interrupted_midway_goes_on_from_lightnings_last_epoch_checkpoint(tmp_path, monkeypatch):
@@ -303,7 +301,7 @@ def test_ctrl_c_in_the_middle_of_a_stage_keeps_the_completed_stages_and_the_run_
     assert interrupted.returncode != 0
     results = json.loads((out / "results.json").read_text())
     assert results["stages_completed"] == 1 and results["matrix"][2] == [None, None]
-    kept = files(out, "predictions/**/*")
+    kept = run_files(out, "predictions/**/*")
     assert sorted(str(p) for p in kept) == [
         f"predictions/stage_{s}/{t}.jsonl" for s in (0, 1) for t in ("colour", "shape")
     ]
@@ -313,7 +311,7 @@ def test_ctrl_c_in_the_middle_of_a_stage_keeps_the_completed_stages_and_the_run_
     resumed = run()
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["stages_completed"] == 2
-    assert {k: v for k, v in files(out, "predictions/**/*").items() if k in kept} == kept
+    assert {k: v for k, v in run_files(out, "predictions/**/*").items() if k in kept} == kept
 
 
 def whole_and_crashed(tmp_path, monkeypatch, run: list[str], crash) -> Path:
@@ -338,7 +336,7 @@ def test_a_kill_after_a_stages_last_epoch_resumes_with_its_end_of_task_step_run_
     assert resumed["matrix"] == whole["matrix"]
     strategies = torch.load(out / "checkpoints/stage_3/strategies.pt", weights_only=True)
     assert strategies["0:Replay"]["tasks_seen"] == 3 and len(strategies["1:EWC"]["fishers"]) == 3
-    assert files(out, "predictions/**/*") == files(tmp_path / "whole", "predictions/**/*")
+    assert run_files(out, "predictions/**/*") == run_files(tmp_path / "whole", "predictions/**/*")
 
 
 def test_a_damaged_in_stage_checkpoint_is_set_aside_and_the_stage_starts_over(tmp_path, monkeypatch):

@@ -137,13 +137,20 @@ class InstructionCollator:
         return batch
 
     def _pad(self, sequences: list[list[int]], left: bool) -> dict:
-        return {
-            "input_ids": self._pad_to(sequences, self.tokenizer.pad_token_id, left),
-            "attention_mask": self._pad_to([[1] * len(s) for s in sequences], 0, left),
-        }
+        return pad_tokens(sequences, self.tokenizer.pad_token_id, left)
 
     @staticmethod
     def _pad_to(sequences: list[list[int]], value: int, left: bool) -> torch.Tensor:
         width = max(len(s) for s in sequences)
         rows = [[value] * (width - len(s)) + s if left else s + [value] * (width - len(s)) for s in sequences]
         return torch.tensor(rows, dtype=torch.long)
+
+
+def pad_tokens(sequences: list[list[int]], pad_token_id: int, left: bool) -> dict:
+    """``input_ids`` and ``attention_mask`` of token sequences padded to one width (left: for
+    generation, so that every prompt ends where the new tokens begin)."""
+    pad_to = InstructionCollator._pad_to
+    return {
+        "input_ids": pad_to(sequences, pad_token_id, left),
+        "attention_mask": pad_to([[1] * len(s) for s in sequences], 0, left),
+    }

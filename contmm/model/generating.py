@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from contmm.model.collate import pad_tokens
+
 if TYPE_CHECKING:
     from contmm.model.mmllm import MMLLM
 
@@ -71,10 +73,8 @@ def generate_images(
             rows.append(row)
     if not rows:
         return new_tokens, {}
-    width, pad = max(len(s) for s in sequences), model.tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=new_tokens.device)
-    padding = torch.tensor([width - len(s) for s in sequences], device=input_ids.device)
-    attention_mask = (torch.arange(width, device=input_ids.device) >= padding.unsqueeze(1)).long()
+    padded = pad_tokens(sequences, model.tokenizer.pad_token_id, left=True)
+    input_ids, attention_mask = (padded[k].to(new_tokens.device) for k in ("input_ids", "attention_mask"))
     pixel_values = batch["pixel_values"][:0]  # a generation prompt holds no image
     hidden = model.backbone.lm(
         inputs_embeds=model.embed(input_ids, pixel_values),
