@@ -4,7 +4,9 @@ A generation task names one of these as its scorer (``Task.scorer``); a task who
 here is scored on the image the model generates, every other task on its text. The pixel
 scorers need no learned model: they read a drawing of one object on a dark background
 (the synthetic stream's scenes) and name its colour from :data:`PALETTE` or its quadrant
-from :data:`QUADRANTS`. They do not tell shapes apart.
+from :data:`QUADRANTS`. They do not tell shapes apart. For real drawings, :class:`ClipScore`
+scores the image against its reference text with a CLIP model the config names
+(``eval.clip_model``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from PIL import Image
+from torchmetrics.functional.multimodal import clip_score
+from transformers import CLIPModel, CLIPProcessor
+
+from contmm.scoring import SCORERS
 
 PALETTE = {
     "red": (220, 40, 40),
@@ -74,9 +80,75 @@ IMAGE_SCORERS: dict[str, Callable[[Image.Image, str], float]] = {
 }
 
 
+# Image scorers that need a learned model, built from the evaluation config.
+MODEL_SCORERS = ("clip_score",)
+
+
 def generates_images(scorer: str) -> bool:
     """Whether a task with this scorer is scored on a generated image."""
-    return scorer in IMAGE_SCORERS
+    return scorer in IMAGE_SCORERS or scorer in MODEL_SCORERS
+
+
+def check_scorer(name: str) -> None:
+    """Refuse a scorer name that is neither a text nor an image scorer, listing both."""
+    if name not in SCORERS and not generates_images(name):
+        raise ValueError(
+            f"unknown scorer {name!r}; text scorers: {sorted(SCORERS)}, "
+            f"image scorers: {sorted([*IMAGE_SCORERS, *MODEL_SCORERS])}"
+        )
+
+
+class _TensorFeatures(torch.nn.Module):
+    """A CLIP model whose ``get_*_features`` give the projected features as a tensor.
+
+    torchmetrics 1.9 reads them as tensors; transformers 5 returns them inside an output
+    object (``pooler_output``), and ``clip_score`` fails on it (fixed in torchmetrics after
+    1.9: Lightning-AI/torchmetrics#3408)."""
+
+    def __init__(self, clip: CLIPModel) -> None:
+        super().__init__()
+        self.clip = clip
+        self.config = clip.config
+
+    def get_image_features(self, *args, **kwargs) -> torch.Tensor:
+        return _features(self.clip.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args, **kwargs) -> torch.Tensor:
+        return _features(self.clip.get_text_features(*args, **kwargs))
+
+
+def _features(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class ClipScore:
+    """CLIP score (Hessel et al. 2021, arXiv 2104.08718) of a drawing against its reference
+    text, by torchmetrics' ``clip_score``: max(cos(E_image, E_text), 0), in [0, 1]
+    (torchmetrics' 0-100 scale divided by 100, so it sits in the matrix beside accuracies).
+
+    Args:
+        model: a transformers CLIP model and processor: a local directory or a hub id.
+    """
+
+    def __init__(self, model: str) -> None:
+        try:
+            self.model = _TensorFeatures(CLIPModel.from_pretrained(model).eval())
+            self.processor = CLIPProcessor.from_pretrained(model)
+        except OSError as error:
+            raise ValueError(
+                f"eval.clip_model {model!r}: cannot load a CLIP model and processor: {error}"
+            ) from None
+
+    def to(self, device: torch.device) -> ClipScore:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, image: Image.Image, reference: str) -> float:
+        # The checkpoint's own model and processor, not the hub's default (it is never fetched).
+        pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+        value = clip_score(pixels, reference, model_name_or_path=lambda: (self.model, self.processor))
+        return float(value) / 100
 
 
 def image_noise(seed: int, sample_id: str) -> torch.Generator:

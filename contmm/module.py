@@ -19,7 +19,14 @@ import torch
 
 from contmm.distributed import all_gather_objects
 from contmm.evaluation import Evaluation, TaskScores
-from contmm.image_scoring import IMAGE_SCORERS, generates_images, image_noise, image_path, png_bytes
+from contmm.image_scoring import (
+    IMAGE_SCORERS,
+    ClipScore,
+    generates_images,
+    image_noise,
+    image_path,
+    png_bytes,
+)
 from contmm.matrix import row_after
 from contmm.model import ComponentModel
 from contmm.model.collate import model_inputs
@@ -44,6 +51,8 @@ class EvalConfig:
             with the same tasks: its diagonal is S_j, and the metrics gain intransigence.
         image_seed: seeds each generated image's noise, with its sample id: a sample is drawn
             from the same noise after every stage, whatever its batch.
+        clip_model: the CLIP model (a transformers directory or hub id) that scores the
+            drawings of ``clip_score`` tasks; needed when the stream has one.
     """
 
     batch_size: int = 64
@@ -51,6 +60,7 @@ class EvalConfig:
     matrix: Literal["full", "lower"] = "lower"
     reference: str | None = None
     image_seed: int = 0
+    clip_model: str | None = None
 
     def __post_init__(self) -> None:
         check_at_least("eval.batch_size", self.batch_size, 1)
@@ -72,6 +82,7 @@ class ContinualModule(L.LightningModule):
         self.optimizer_cfg = optimizer
         self.evaluation = evaluation
         self.task_id: int | None = None  # the task being tuned; None during pre-training
+        self._clip: ClipScore | None = None
         self.scores = TaskScores(num_tasks)
         self.result: Evaluation | None = None  # of the latest evaluation
 
@@ -175,12 +186,19 @@ class ContinualModule(L.LightningModule):
         pictures = dict(zip(images, to_images(torch.stack(list(images.values()))))) if images else {}
         for row, picture in pictures.items():
             self._images[task_id][batch["ids"][row]] = png_bytes(picture)
-        image_scorer = IMAGE_SCORERS[scorer]
+        image_scorer = self.clip_scorer() if scorer == "clip_score" else IMAGE_SCORERS[scorer]
         values = [
             image_scorer(pictures[row], a) if row in pictures else 0.0
             for row, a in enumerate(batch["answers"])
         ]
         return [{"strict": v, "lenient": v} for v in values]
+
+    def clip_scorer(self) -> ClipScore:
+        """The CLIP scorer, loaded at its first use and kept (outside the module's weights:
+        it is never trained or checkpointed)."""
+        if self._clip is None:
+            self._clip = ClipScore(self.evaluation.clip_model)
+        return self._clip.to(self.device)
 
     def on_test_epoch_end(self) -> None:
         means, lenient, counts = self.scores.per_task()  # reduced over ranks by torchmetrics

@@ -60,6 +60,21 @@ class PretrainConfig:
         check_positive("pretrain.lr", self.lr)
 
 
+def check_drawing(stream: TaskStream, model, evaluation: EvalConfig) -> None:
+    """Refuse, before any training, a stream whose images the run cannot draw or score."""
+    drawn = [task.name for task in stream.tasks if generates_images(task.scorer)]
+    if drawn and not getattr(model, "generates", False):
+        raise ValueError(
+            f"task(s) {drawn} ask for images but the model generates none: "
+            "give it model.output_projector and model.generator"
+        )
+    clip = [task.name for task in stream.tasks if task.scorer == "clip_score"]
+    if clip and evaluation.clip_model is None:
+        raise ValueError(
+            f"task(s) {clip} are scored by clip_score: set eval.clip_model (a CLIP directory or hub id)"
+        )
+
+
 class ContinualRun:
     """Tune a multimodal LLM on a stream of tasks, one stage per task, and score every task
     after every stage.
@@ -117,6 +132,9 @@ class ContinualRun:
         }
         self.weights = TrainedWeights(self.model, trained)
         self.module = ContinualModule(self.model, self.strategies, optimizer, eval, len(stream.tasks))
+        check_drawing(stream, self.model, eval)
+        if any(task.scorer == "clip_score" for task in stream.tasks):
+            self.module.clip_scorer()  # loaded now: a wrong eval.clip_model stops the run before training
         # Built before any Trainer starts the process group: importing Avalanche on a
         # non-zero rank inside a distributed session fails (it refuses to make loggers there).
         self.benchmark = stream.benchmark()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
+from contmm.image_scoring import check_scorer
+
 
 @dataclass
 class Task:
@@ -27,6 +29,10 @@ class Task:
     scorer: str = "exact_match"
 
     def __post_init__(self) -> None:
+        try:
+            check_scorer(self.scorer)
+        except ValueError as error:
+            raise ValueError(f"task {self.name!r}: {error}") from None
         for split in ("train", "test"):
             if len(getattr(self, split)) == 0:
                 raise ValueError(f"task {self.name!r} has no {split} samples")

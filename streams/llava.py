@@ -26,6 +26,16 @@ sample ids unique within a file, and every image decoded in full, in parallel), 
 record stops a run before any training with a message that names the file, the record and
 the field. A test answer must keep a word after scoring's normalisation ("the" or "?" do
 not): an empty prediction would match it.
+
+A task whose scorer scores images (``clip_score``; see ``contmm/image_scoring.py``) is a
+text-to-image task: both its files hold drawing records, the image being what to draw::
+
+    {"id": "d1", "instruction": "Draw a red bus on a street.", "image": "gen/1.jpg",
+     "caption": "a red bus on a street"}
+
+``caption`` (optional; the instruction when absent) is what the generator's text encoder
+reads in training (the alignment objective) and the text a test drawing is scored against.
+The instruction asks for an image, so it holds no ``<image>`` placeholder.
 """
 
 from __future__ import annotations
@@ -41,8 +51,9 @@ from typing import Literal
 from PIL import Image
 from torch.utils.data import Dataset
 
+from contmm.image_scoring import check_scorer, generates_images
 from contmm.images import open_rgb
-from contmm.scoring import extract_choice, get_scorer, normalize
+from contmm.scoring import extract_choice, normalize
 from contmm.stream import Task, TaskStream, check_task_names
 from contmm.tokenizer import IMAGE_TOKEN
 
@@ -58,7 +69,8 @@ class TaskFiles:
         name: the task's name in results, predictions and plots.
         train: training conversations (a JSON list or JSON lines), relative to the current directory.
         test: test records (CoIN ``question_id``/``text``/``answer`` or conversations).
-        scorer: the test scorer: exact_match, vqa_accuracy, multiple_choice or contains.
+        scorer: the test scorer: exact_match, vqa_accuracy, multiple_choice or contains; an
+            image scorer (clip_score) makes it a text-to-image task.
     """
 
     name: str
@@ -69,13 +81,16 @@ class TaskFiles:
 
 @dataclass(frozen=True)
 class Sample:
-    """One checked record: its id, the resolved image path, the question and the answer(s)."""
+    """One checked record: its id, the resolved image path, the question and the answer(s).
+    A drawing record (``caption`` set) has its instruction as the question, its image as the
+    target to draw and its caption as the answer the drawing is scored against."""
 
     id: str | int
     image: Path
     question: str
     answer: str | list[str]
     followups: tuple[tuple[str, str], ...] = ()  # later (question, answer) turns
+    caption: str | None = None
 
 
 class LLaVADataset(Dataset):
@@ -91,12 +106,16 @@ class LLaVADataset(Dataset):
         """The sample without its image (cheap): id, question and answer."""
         sample = self.samples[index]
         text = {"id": sample.id, "question": sample.question, "answer": sample.answer}
+        if sample.caption is not None:
+            text["caption"] = sample.caption
         if sample.followups:
             text["followups"] = [{"question": q, "answer": a} for q, a in sample.followups]
         return text
 
     def __getitem__(self, index: int) -> dict:
-        return {**self.text(index), "image": open_rgb(self.samples[index].image)}
+        sample = self.samples[index]
+        # A drawing record's image is its target, not its input.
+        return {**self.text(index), ("image" if sample.caption is None else "target"): open_rgb(sample.image)}
 
 
 class RecordError(Exception):
@@ -275,23 +294,23 @@ class _Reader:
     def task(self, files: TaskFiles) -> Task:
         """The task ``files`` name, both splits read and checked."""
         label = f"task {files.name!r}"
+        drawing = generates_images(files.scorer)
         return Task(
             name=files.name,
-            train=self.read(
-                files.train, f"{label} train file {files.train}", test=False, scorer=files.scorer
-            ),
-            test=self.read(files.test, f"{label} test file {files.test}", test=True, scorer=files.scorer),
+            train=self.read(files.train, f"{label} train file {files.train}", False, files.scorer, drawing),
+            test=self.read(files.test, f"{label} test file {files.test}", True, files.scorer, drawing),
             scorer=files.scorer,
         )
 
-    def read(self, file: str, label: str, test: bool, scorer: str) -> LLaVADataset:
-        """The samples of ``file``; every bad record (up to :data:`MAX_PROBLEMS`) in one ValueError."""
+    def read(self, file: str, label: str, test: bool, scorer: str, drawing: bool = False) -> LLaVADataset:
+        """The samples of ``file`` (``drawing``: text-to-image records); every bad record (up to
+        :data:`MAX_PROBLEMS`) in one ValueError."""
         # Only the records a run uses are checked, so a quick run on a huge file stays quick.
         records = _load_records(Path(file), label)[: self.max_samples]
         read, problems = [], []
         for index, (where, record) in enumerate(records):
             try:
-                read.append((index, self._sample(record, test, scorer)))
+                read.append((index, self._drawing(record) if drawing else self._sample(record, test, scorer)))
             except RecordError as error:
                 problems.append((index, error))
         self.decode([sample.image for _, sample in read])
@@ -342,6 +361,24 @@ class _Reader:
         if test:
             _check_references(answer, scorer)
         return Sample(record_id, self._image(record), question, answer, followups)
+
+    def _drawing(self, record: object) -> Sample:
+        """A text-to-image record: the instruction, the image to draw, the caption."""
+        if not isinstance(record, dict):
+            raise RecordError(f"expected a JSON object, got {_describe(record)}")
+        hint = " (a text-to-image task's records hold 'id', 'instruction' and 'image')"
+        instruction = _string(record, "instruction", hint)
+        if not instruction.strip():
+            raise RecordError("field 'instruction' is empty")
+        if IMAGE_TOKEN in instruction:
+            raise RecordError(
+                f"field 'instruction': {IMAGE_TOKEN} in an instruction that asks for an image: {instruction!r}"
+            )
+        caption = _string(record, "caption") if "caption" in record else instruction
+        if not caption.strip():
+            raise RecordError("field 'caption' is empty")
+        record_id = _record_id(record, "id")
+        return Sample(record_id, self._image(record), instruction, caption, caption=caption)
 
     def _image(self, record: dict) -> Path:
         """The record's image, resolved inside the image root and checked to open."""
@@ -407,6 +444,8 @@ class LLaVAStream(TaskStream):
         tasks: the instruction tasks in stream order, each ``{name, train, test, scorer}``.
         image_root: the folder the records' ``image`` paths are relative to; no path may leave it.
         pretrain: training conversations for MM pre-training (alignment); none: no pre-training task.
+        pretrain_drawings: text-to-image records pre-training also trains on (aligning the
+            Output Projector, for a model that draws); none: conversations only.
         max_samples: use (and check) only the first this many records of every file; none: all.
         require_image_token: a conversation without ``<image>`` is an error; false puts one in front.
         turns: ``all``: train on every answer of a multi-turn conversation; ``first``: on the
@@ -418,6 +457,7 @@ class LLaVAStream(TaskStream):
         tasks: list[TaskFiles],
         image_root: str,
         pretrain: str | None = None,
+        pretrain_drawings: str | None = None,
         max_samples: int | None = None,
         require_image_token: bool = True,
         turns: Literal["all", "first"] = "all",
@@ -425,8 +465,17 @@ class LLaVAStream(TaskStream):
         _check_settings(tasks, image_root, max_samples)
         reader = _Reader(Path(image_root).resolve(), require_image_token, max_samples, turns == "all")
         self.tasks = [reader.task(files) for files in tasks]
+        if pretrain_drawings is not None and pretrain is None:
+            raise ValueError(
+                "LLaVAStream: pretrain_drawings is set without pretrain (the conversations it goes with)"
+            )
         if pretrain is not None:
-            train = reader.read(pretrain, f"pretrain file {pretrain}", test=False, scorer="exact_match")
+            train = reader.read(pretrain, f"pretrain file {pretrain}", False, "exact_match")
+            if pretrain_drawings is not None:
+                label = f"pretrain_drawings file {pretrain_drawings}"
+                drawings = reader.read(pretrain_drawings, label, False, "exact_match", drawing=True)
+                train = LLaVADataset(train.samples + drawings.samples)
+                _check_unique_ids(train.samples, f"pretrain and {label}")
             # The pre-training task is never evaluated, but a Task needs a test split.
             self.pretrain_task = Task(name="pretrain", train=train, test=train)
 
@@ -437,7 +486,7 @@ def _check_settings(tasks: list[TaskFiles], image_root: str, max_samples: int | 
     check_task_names([task.name for task in tasks], "LLaVAStream")
     for task in tasks:
         try:
-            get_scorer(task.scorer)
+            check_scorer(task.scorer)
         except ValueError as error:
             raise ValueError(f"task {task.name!r}: {error}") from None
     if max_samples is not None and max_samples < 1:

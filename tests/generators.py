@@ -7,7 +7,15 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from tokenizers import processors
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+)
 
 from contmm.tokenizer import build_word_tokenizer
 from streams.synthetic import COLOURS, QUADRANTS, SHAPES
@@ -91,4 +99,44 @@ def save_pixel_generator(path: Path, seed: int = 0, text_encoder: bool = True) -
         encoder, tokenizer = text_encoder_and_tokenizer()
         encoder.save_pretrained(path / "text_encoder")
         tokenizer.save_pretrained(path / "tokenizer")
+    return path
+
+
+def save_tiny_clip(path: Path, seed: int = 0) -> Path:
+    """A tiny random CLIP model and processor (for ``clip_score``) saved by transformers; its
+    word tokenizer appends the end token CLIP pools its text features at."""
+    tokenizer = build_word_tokenizer(CAPTIONS + ["draw paint make picture of something ."])
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)],
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(
+        CLIPConfig(
+            text_config={
+                "vocab_size": len(tokenizer),
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                "max_position_embeddings": 16,
+                "pad_token_id": tokenizer.pad_token_id,
+                "bos_token_id": tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.eos_token_id,
+            },
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                "image_size": 28,
+                "patch_size": 14,
+            },
+            projection_dim=16,
+        )
+    )
+    model.save_pretrained(path)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return path
