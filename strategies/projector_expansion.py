@@ -7,6 +7,11 @@ are stored for it: an image key (from the encoder's features) and an instruction
 sample is sent to the projector whose keys are most similar to its own features, so no
 task id is needed; ``oracle: true`` uses the task id instead.
 
+A model that draws (any-to-any) gets a projector *pair* per task: the Output Projector is
+expanded the same way and a sample's route picks both. A generation prompt has no image,
+so it is routed by its instruction alone, and a generation task's image key is zero (it
+adds nothing to any sample's similarity).
+
 EProj trains each key to maximise its cosine similarity to the task's features. That
 objective, Σ_i cos(k, f_i), has a closed-form maximiser, the direction of Σ_i f_i/|f_i|,
 so the keys here are computed in one pass over the task's training data (summed over DDP
@@ -29,7 +34,6 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
 from contmm.distributed import all_reduce_sum
-from contmm.image_scoring import generates_images
 from contmm.model.collate import IGNORE_INDEX
 from contmm.routing import RoutingAccuracy
 from contmm.strategy import Strategy
@@ -38,6 +42,14 @@ from contmm.strategy import Strategy
 def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """The features the input projector reads, averaged over the image tokens: (batch, width)."""
     return model.projector_inputs(pixel_values).mean(1)
+
+
+def image_width(model) -> int:
+    """The width of :func:`image_features`, read from one blank image."""
+    size = model.encoder.image_size
+    weight = next(model.encoder.parameters())
+    blank = torch.zeros(1, 3, size, size, device=weight.device, dtype=weight.dtype)
+    return image_features(model, blank).shape[-1]
 
 
 def instruction_features(model, batch: dict) -> torch.Tensor:
@@ -50,7 +62,35 @@ def instruction_features(model, batch: dict) -> torch.Tensor:
     return (embeds * words.unsqueeze(-1)).sum(1) / words.sum(1, keepdim=True).clamp(min=1)
 
 
-class ExpandedProjector(nn.Module):
+class ProjectorCopies(nn.Module):
+    """One projector per task so far: the ``active`` one, or with ``route`` set (a task per
+    row of the input) each row's own."""
+
+    def __init__(self, first: nn.Module) -> None:
+        super().__init__()
+        self.projectors = nn.ModuleList([first])
+        self.active = 0
+        self.route: torch.Tensor | None = None
+        self.last_route: torch.Tensor | None = None  # the route of the latest routed input
+
+    def grow(self, count: int) -> None:
+        """Copies of the latest projector until there are ``count``."""
+        while len(self.projectors) < count:
+            self.projectors.append(copy.deepcopy(self.projectors[-1]))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.route is None:
+            return self.projectors[self.active](features)
+        self.last_route = self.route
+        parts, order = [], []
+        for task in self.route.unique().tolist():
+            samples = (self.route == task).nonzero().squeeze(1)
+            parts.append(self.projectors[task](features[samples]))
+            order.append(samples)
+        return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+
+class ExpandedProjector(ProjectorCopies):
     """The input projectors of all tasks so far and their keys.
 
     With ``instruction`` unset it applies the ``active`` projector (training, oracle
@@ -59,15 +99,12 @@ class ExpandedProjector(nn.Module):
     """
 
     def __init__(self, first: nn.Module, image_weight: float) -> None:
-        super().__init__()
+        super().__init__(first)
         self.image_weight = image_weight
-        self.projectors = nn.ModuleList([first])
         # One row per task; the widths are the first keys'.
         self.register_buffer("image_keys", torch.zeros(0, 0))
         self.register_buffer("instruction_keys", torch.zeros(0, 0))
-        self.active = 0
         self.instruction: torch.Tensor | None = None
-        self.last_route: torch.Tensor | None = None
 
     def add_keys(self, image_key: torch.Tensor, instruction_key: torch.Tensor) -> None:
         self.image_keys = torch.cat(
@@ -80,26 +117,23 @@ class ExpandedProjector(nn.Module):
             ]
         )
 
-    def route(self, features: torch.Tensor) -> torch.Tensor:
-        """The task whose keys are most similar to each sample's image and instruction."""
-        image = F.normalize(features.mean(1).float(), dim=-1) @ self.image_keys.T
-        instruction = F.normalize(self.instruction.float(), dim=-1) @ self.instruction_keys.T
-        return (self.image_weight * image + instruction).argmax(1)
+    def similarity(self, instruction: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Each sample's similarity to every task's keys: instruction, plus image where it has one."""
+        similarity = F.normalize(instruction.float(), dim=-1) @ self.instruction_keys.T
+        if features is not None:
+            image = F.normalize(features.mean(1).float(), dim=-1) @ self.image_keys.T
+            similarity = similarity + self.image_weight * image
+        return similarity
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if self.instruction is None:
-            return self.projectors[self.active](features)
-        route = self.last_route = self.route(features)
-        parts, order = [], []
-        for task in route.unique().tolist():
-            samples = (route == task).nonzero().squeeze(1)
-            parts.append(self.projectors[task](features[samples]))
-            order.append(samples)
-        return torch.cat(parts)[torch.argsort(torch.cat(order))]
+        if self.instruction is not None:
+            self.route = self.similarity(self.instruction, features).argmax(1)
+        return super().forward(features)
 
 
 class ProjectorExpansion(Strategy):
-    """EProj: an input projector per task, picked per sample by task keys.
+    """EProj: an input projector per task (a projector pair, for a model that draws), picked
+    per sample by task keys.
 
     Args:
         oracle: route by the task id instead of the keys (task-incremental evaluation).
@@ -122,26 +156,33 @@ class ProjectorExpansion(Strategy):
                 "ProjectorExpansion sends each sample's image to a projector of its own; this "
                 "checkpoint's projector (Qwen2-VL's patch merger) reads all images of a batch as one"
             )
-        if drawn := [task.name for task in stream.tasks if generates_images(task.scorer)]:
-            raise ValueError(
-                f"ProjectorExpansion routes each sample by its image; the generation task(s) {drawn} have "
-                "none, and expanding the Output Projector is not built yet"
-            )
-        if model.cfg.input_projector.freeze:
-            raise ValueError(
-                "ProjectorExpansion trains one input projector per task: set "
-                "`model.input_projector.freeze: false`"
-            )
+        for name in (
+            "input_projector",
+            *(["output_projector"] if getattr(model, "generates", False) else []),
+        ):
+            if getattr(model.cfg, name).freeze:
+                raise ValueError(
+                    f"ProjectorExpansion trains one {name.replace('_', ' ')} per task: set "
+                    f"`model.{name}.freeze: false`"
+                )
         self.model, self.accuracy = model, RoutingAccuracy(stream.task_names)
         model.set_input_projector(ExpandedProjector(model.input_projector, self.image_weight))
+        if getattr(model, "generates", False):
+            model.output_projector = ProjectorCopies(model.output_projector)
+
+    def copies(self, model) -> list[ProjectorCopies]:
+        """The expanded projectors: the input one, and the output one of a model that draws."""
+        return [
+            model.input_projector,
+            *([model.output_projector] if getattr(model, "generates", False) else []),
+        ]
 
     def before_task(self, model, task_id) -> None:
-        expanded = model.input_projector
-        while len(expanded.projectors) <= task_id:
-            expanded.projectors.append(copy.deepcopy(expanded.projectors[-1]))
-        for task, projector in enumerate(expanded.projectors):
-            projector.requires_grad_(task == task_id)
-        expanded.active = task_id
+        for expanded in self.copies(model):
+            expanded.grow(task_id + 1)
+            for task, projector in enumerate(expanded.projectors):
+                projector.requires_grad_(task == task_id)
+            expanded.active = task_id
 
     @torch.no_grad()
     def after_task(self, model, task_id, dataloader) -> None:
@@ -156,34 +197,48 @@ class ProjectorExpansion(Strategy):
             if i == self.key_batches:
                 break
             batch = move_data_to_device(batch, device)
-            image_sum = image_sum + F.normalize(
-                image_features(model, batch["pixel_values"]).float(), dim=-1
-            ).sum(0)
+            if len(batch["pixel_values"]):  # a generation task's prompts have no image
+                image_sum = image_sum + F.normalize(
+                    image_features(model, batch["pixel_values"]).float(), dim=-1
+                ).sum(0)
             instruction_sum = instruction_sum + F.normalize(instruction_features(model, batch), dim=-1).sum(0)
+        if isinstance(image_sum, int):  # no images: a zero key, which no sample is near
+            image_sum = torch.zeros(image_width(model), device=device)
         all_reduce_sum(image_sum, instruction_sum)
         expanded.add_keys(F.normalize(image_sum, dim=0), F.normalize(instruction_sum, dim=0))
 
     @contextmanager
     def eval_context(self, model, task_id, batch=None):
         expanded = model.input_projector
+        copies = self.copies(model)
         seen = len(expanded.image_keys)
         if seen == 0 or self.oracle or batch is None:
             # Before any task there is one projector; the oracle takes the task's own, or
             # for a task not tuned yet the latest one.
-            active = expanded.active
-            expanded.active = min(task_id, len(expanded.projectors) - 1) if self.oracle else active
+            active = [c.active for c in copies]
+            for c in copies:
+                c.active = min(task_id, len(c.projectors) - 1) if self.oracle else c.active
             try:
                 yield
             finally:
-                expanded.active = active
+                for c, a in zip(copies, active):
+                    c.active = a
             return
-        expanded.instruction = instruction_features(model, batch)
+        instruction = instruction_features(model, batch)
+        expanded.instruction, expanded.last_route = instruction, None
+        # The Output Projector's route: a generation prompt has no image, only its words.
+        words_route = expanded.similarity(instruction).argmax(1)
+        if len(copies) > 1:
+            copies[1].route = words_route
         try:
             yield
         finally:
             expanded.instruction = None
+            for c in copies:
+                c.route = None
+        route = expanded.last_route if expanded.last_route is not None else words_route
         if task_id < seen:  # a task not tuned yet has no right projector to be routed to
-            self.accuracy.update(task_id, expanded.last_route)
+            self.accuracy.update(task_id, route)
 
     def state_dict(self) -> dict:
         expanded = self.model.input_projector if self.model is not None else None
@@ -196,16 +251,16 @@ class ProjectorExpansion(Strategy):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Give the model as many projectors and keys as the saved run had (needs ``setup``);
-        their weights come with the model's state dict."""
+        """Give the model as many projectors (pairs) and keys as the saved run had (needs
+        ``setup``); their weights come with the model's state dict."""
         if not state:
             return
+        for expanded in self.copies(self.model):
+            expanded.grow(state["projectors"])
+            expanded.active = state["projectors"] - 1
         expanded = self.model.input_projector
-        while len(expanded.projectors) < state["projectors"]:
-            expanded.projectors.append(copy.deepcopy(expanded.projectors[-1]))
         expanded.image_keys = state["image_keys"].to(expanded.image_keys)
         expanded.instruction_keys = state["instruction_keys"].to(expanded.instruction_keys)
-        expanded.active = state["projectors"] - 1
 
     def evaluation_report(self) -> dict:
         """Routing accuracy per tuned task in the evaluation just finished, summed over ranks."""

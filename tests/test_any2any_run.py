@@ -83,3 +83,20 @@ def test_contmm_plot_writes_the_generation_grid_beside_the_figure(tmp_path, unin
     grid = tmp_path / "plot_run_generations.png"
     assert f"wrote {grid}" in capsys.readouterr().out
     assert grid.read_bytes() == (uninterrupted / "generations.png").read_bytes()
+
+
+def test_projector_pairs_resume_to_the_uninterrupted_matrix_and_routes(tmp_path, monkeypatch):
+    pairs = [
+        "--strategies",
+        "[{class_path: strategies.projector_expansion.ProjectorExpansion, init_args: {image_weight: 0.0}}]",
+    ]
+    expected = fit(tmp_path / "uninterrupted", *pairs)
+    with monkeypatch.context() as patch:
+        crash_in_training(patch, task_id=2)
+        with pytest.raises(RuntimeError, match="injected crash"):
+            fit(tmp_path / "run", *pairs)
+    resumed = fit(tmp_path / "run", *pairs)
+    assert resumed["matrix"] == expected["matrix"]
+    assert resumed["strategy_reports"] == expected["strategy_reports"]
+    routed = expected["strategy_reports"][-1]["ProjectorExpansion"]["routing_accuracy"]
+    assert set(routed) == {"draw_colour", "colour", "draw_position"}

@@ -178,9 +178,55 @@ def test_lora_per_task_draws_with_each_tasks_adapter(any2any, generator_dir):
     assert not torch.allclose(with_adapter[0], without[0])
 
 
-def test_projector_expansion_refuses_a_stream_with_generation_tasks(any2any, generator_dir):
-    with pytest.raises(ValueError, match=r"generation task\(s\) \['draw_colour', 'draw_position'\]"):
-        ProjectorExpansion().setup(drawing_model(any2any, generator_dir), any2any)
+def test_projector_expansion_gives_each_task_a_projector_pair_and_routes_drawings_by_their_words(
+    any2any, generator_dir
+):
+    model = drawing_model(any2any, generator_dir)
+    model.cfg.encoder.freeze = model.cfg.backbone.freeze = True
+    expansion = ProjectorExpansion(image_weight=0.0)
+    expansion.setup(model, any2any)
+    collate = InstructionCollator(model, train=True)
+    for task_id, task in enumerate(any2any.tasks):
+        start(model, expansion, task_id)
+        trainable = {
+            n.split(".projectors.")[0] + f".{n.split('.')[2]}"
+            for n, p in model.named_parameters()
+            if p.requires_grad
+        }
+        assert trainable == {f"input_projector.{task_id}", f"output_projector.{task_id}"}
+        batches = [collate([task.train[i] for i in range(8)])]
+        train_steps(model, batches[0], steps=3)
+        expansion.after_task(model, task_id, batches)
+    assert len(model.output_projector.projectors) == len(model.input_projector.projectors) == 3
+    # A generation task has no images: its image key is zero, near no sample.
+    assert model.input_projector.image_keys[1:].abs().sum() == 0
+
+    test = InstructionCollator(model, train=False)(
+        [any2any.tasks[t].test[i] for t in (1, 2) for i in range(2)]
+    )
+    signal = torch.tensor([model.signal_token_ids[:1]] * 4)
+    model.generate = lambda batch, max_new_tokens: signal  # every prompt starts to draw
+    seen = []
+    project = model.output_projector.forward
+    model.output_projector.forward = lambda states: (
+        seen.append((states, model.output_projector.route)) or project(states)
+    )
+    with torch.no_grad(), expansion.eval_context(model, 1, test):
+        generate_images(model, test, 1, [torch.Generator().manual_seed(s) for s in range(4)])
+    ((states, route),) = seen
+    # Routed by the instruction's words alone, to the drawing tasks' own projectors here.
+    assert route.tolist() == [1, 1, 2, 2]
+    with torch.no_grad():
+        model.output_projector.route = route
+        routed = project(states)
+        model.output_projector.route = None
+        for row, task in enumerate(route.tolist()):
+            assert torch.allclose(
+                routed[row], model.output_projector.projectors[task](states[row : row + 1])[0], atol=1e-6
+            )
+    # Routing accuracy counts against the context's task (1): the two draw_position rows,
+    # routed to their own task, are misses for draw_colour, so it is the routes that are counted.
+    assert expansion.evaluation_report()["routing_accuracy"] == {"draw_colour": 0.5}
 
 
 def test_a_generator_beside_a_whole_checkpoint_is_refused_not_ignored(generator_dir):

@@ -67,9 +67,13 @@ def generate_images(
     for row, (prompt, mask, answer) in enumerate(
         zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), new_tokens.tolist())
     ):
-        if first in answer:
-            prompt = [t for t, m in zip(prompt, mask) if m]
-            sequences.append(prompt + answer[: answer.index(first)] + signal)
+        prompt = [t for t, m in zip(prompt, mask) if m]
+        # Every row gets its signal tokens, so that the conditioning comes in batch order (a
+        # routed Output Projector reads a route per batch row); only the rows that wrote
+        # <gen_0> are drawn, and the extra rows cost one LLM pass, not sampling.
+        drawn = first in answer
+        sequences.append(prompt + (answer[: answer.index(first)] if drawn else []) + signal)
+        if drawn:
             rows.append(row)
     if not rows:
         return new_tokens, {}
@@ -81,5 +85,5 @@ def generate_images(
         attention_mask=attention_mask,
         output_hidden_states=True,
     ).hidden_states[-1]
-    images = model.generator.sample(conditioning(model, hidden, input_ids), [noise[r] for r in rows])
+    images = model.generator.sample(conditioning(model, hidden, input_ids)[rows], [noise[r] for r in rows])
     return new_tokens, dict(zip(rows, images))
