@@ -27,6 +27,8 @@ class ScoreMatrix:
 
     def record(self, row: int, evaluation: Evaluation) -> None:
         for task_id, score in evaluation.scores.items():
+            if task_id >= len(self.tasks):  # a held-out task (contmm/held_out.py): not a column of R
+                continue
             self.strict[row][task_id] = score
             self.lenient[row][task_id] = evaluation.lenient_scores[task_id]
         self.reports[row] = evaluation.report

@@ -11,7 +11,7 @@ optimised.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import lightning as L
@@ -53,6 +53,9 @@ class EvalConfig:
             from the same noise after every stage, whatever its batch.
         clip_model: the CLIP model (a transformers directory or hub id) that scores the
             drawings of ``clip_score`` tasks; needed when the stream has one.
+        held_out: tasks of the stream that no stage trains, scored after every stage (general
+            skills, as MCITlib's benchmarks); their scores and retention (final / before
+            tuning) go beside the matrix in results.json (``contmm/held_out.py``).
     """
 
     batch_size: int = 64
@@ -61,6 +64,7 @@ class EvalConfig:
     reference: str | None = None
     image_seed: int = 0
     clip_model: str | None = None
+    held_out: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_at_least("eval.batch_size", self.batch_size, 1)

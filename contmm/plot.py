@@ -3,7 +3,9 @@
 One run: (a) its forgetting curves, the score of every task after every stage, with a star
 on the stage that trained the task, and (b) its score matrix R as a heatmap. Several runs:
 on top, the average score of the tasks seen so far after each stage, one line per run
-(the curve whose mean is MAA), then panels (a) and (b) of every run, one row per run.
+(the curve whose mean is MAA), then panels (a) and (b) of every run, one row per run. Runs
+of one config over several seeds (:func:`~contmm.rundata.seed_groups`) are one line on
+top, their mean, in a band of ± one standard deviation.
 Missing cells are gaps in the curves and "–" in the heatmaps, never zeros (blank where
 the "lower" matrix mode leaves a cell unscored by design).
 """
@@ -11,6 +13,7 @@ the "lower" matrix mode leaves a cell unscored by design).
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from contmm.metrics import stage_averages
-from contmm.rundata import RunData
+from contmm.rundata import RunData, seed_groups
 
 # Scores of small runs are often exactly 0 or 1 for several tasks at once: distinct markers
 # and dash patterns keep lines that lie on top of each other tellable apart.
@@ -110,18 +113,27 @@ def draw_heatmap(ax: Axes, run: RunData) -> None:
 
 
 def draw_comparison(ax: Axes, runs: Sequence[RunData]) -> None:
-    """The average score of the tasks tuned so far after each stage 1..T, one line per run."""
-    for k, (run, label) in enumerate(zip(runs, run_labels(runs))):
-        averages = stage_averages(run.matrix)
-        ax.plot(
-            range(1, len(averages) + 1),
-            [_value(v) for v in averages],
+    """The average score of the tasks tuned so far after each stage 1..T, one line per run,
+    or per group of seeds (their mean, and a band of ± one standard deviation)."""
+    groups = seed_groups(runs)
+    for k, (group, label) in enumerate(zip(groups, run_labels([group[0] for group in groups]))):
+        curves = [[_value(v) for v in stage_averages(run.matrix)] for run in group]
+        stages = range(1, len(curves[0]) + 1)
+        mean = [statistics.fmean(values) for values in zip(*curves)]  # NaN where a run lacks it
+        (line,) = ax.plot(
+            stages,
+            mean,
             marker=MARKERS[k % len(MARKERS)],
             linestyle=DASHES[k % len(DASHES)],
             linewidth=2,
             markersize=8,
-            label=label,
+            label=label if len(group) == 1 else f"{label} (mean of {len(group)} seeds ± std)",
         )
+        if len(group) > 1:
+            spread = [statistics.stdev(values) for values in zip(*curves)]
+            low = [m - s for m, s in zip(mean, spread)]
+            high = [m + s for m, s in zip(mean, spread)]
+            ax.fill_between(stages, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     if all(run.tasks == runs[0].tasks for run in runs):
         set_stage_ticks(ax, runs[0].tasks, first=1, room=COMPARISON_ROOM)
     else:  # no task names that fit every run: stage numbers only

@@ -6,15 +6,20 @@ With --reference, a single-task reference run (each task tuned alone from the sa
 starting model) gives S_j, its score on task j right after tuning it, and the table gains
 an Intransigence column: mean_j (S_j - R[j+1][j]), > 0 when the continual model learns a
 task less well than it could.
+
+Runs of one config that differ only in ``seed`` (and where they were written) are one
+experiment: they share a row, each metric as mean ± standard deviation over the seeds
+(the sample standard deviation, n - 1), with the number of seeds in the ``seeds`` column.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from contmm.metrics import compute_metrics, why_missing
-from contmm.rundata import RunData
+from contmm.rundata import RunData, seed_groups
 
 
 class Column(NamedTuple):
@@ -41,15 +46,20 @@ def report(runs: Sequence[RunData], reference: RunData | None = None) -> str:
 
 
 def report_table(runs: Sequence[RunData], reference: RunData | None = None) -> str:
-    """One Markdown row per run: strategy, run directory, then the metrics."""
+    """One Markdown row per experiment (a run, or the runs of one config over several seeds):
+    strategy, run directories, number of seeds, then the metrics."""
     columns = _columns(reference)
     lines = [
-        "| strategy | run | " + " | ".join(c.title for c in columns) + " |",
-        "|---|---|" + "---:|" * len(columns),
+        "| strategy | run | seeds | " + " | ".join(c.title for c in columns) + " |",
+        "|---|---|---:|" + "---:|" * len(columns),
     ]
-    for run in runs:
-        metrics = compute_metrics(run.matrix, reference_scores(reference, run) if reference else None)
-        cells = [run.strategy, run.name, *(format_value(metrics[c.key], c.signed) for c in columns)]
+    for group in seed_groups(runs):
+        metrics = [
+            compute_metrics(run.matrix, reference_scores(reference, run) if reference else None)
+            for run in group
+        ]
+        spreads = [format_spread([m[c.key] for m in metrics], c.signed) for c in columns]
+        cells = [group[0].strategy, ", ".join(run.name for run in group), str(len(group)), *spreads]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -80,6 +90,14 @@ def format_value(value: float | None, signed: bool) -> str:
         return "n/a"
     value = round(value, 3) + 0.0  # + 0.0 turns a rounded -0.0 into 0.0: no "-0.000"
     return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+def format_spread(values: Sequence[float | None], signed: bool) -> str:
+    """One value as :func:`format_value`; several as "mean ± std" ("n/a" if any is)."""
+    if len(values) == 1 or None in values:
+        return format_value(values[0] if len(values) == 1 else None, signed)
+    spread = format_value(statistics.stdev(values), signed=False)
+    return f"{format_value(statistics.fmean(values), signed)} ± {spread}"
 
 
 def _columns(reference: RunData | None) -> tuple[Column, ...]:

@@ -34,6 +34,10 @@ class RunData:
     tasks: list[str]
     matrix: list[list[float | None]]  # T+1 rows (row 0 = before the stream) of T scores
     matrix_mode: str  # "full": every cell scored; "lower": the cells the metrics need
+    # The run's config less its seed, output directory and display settings (NOT_SETTINGS):
+    # runs that share it are one experiment repeated with other seeds (None: no config).
+    setting: str | None = None
+    seed: int | None = None
 
     def single_task_scores(self, tasks: Sequence[str], user: str) -> list[float | None]:
         """This run's diagonal R[j+1][j], as the single-task reference S_j of ``user``, whose
@@ -79,7 +83,9 @@ def _from_results(path: Path) -> RunData:
     if mode not in MATRIX_MODES:
         raise ValueError(f"{file}: matrix_mode is {mode!r}, expected one of {MATRIX_MODES}")
     _check_shape(file, tasks, matrix)
-    return RunData(path, path.name, str(strategy), tasks, matrix, mode)
+    config = results.get("config")
+    setting = _setting(config if isinstance(config, dict) else _read_config(path))
+    return RunData(path, path.name, str(strategy), tasks, matrix, mode, *setting)
 
 
 def _from_csv(path: Path) -> RunData:
@@ -103,7 +109,47 @@ def _from_csv(path: Path) -> RunData:
                 if (value := _number(row[SCORE_PREFIX + task], file, line)) is not None:
                     matrix[int(stage)][j] = value
     _check_shape(file, tasks, matrix)
-    return RunData(path, path.name, _strategy_name(config, path), tasks, matrix, _infer_mode(matrix))
+    strategy = _strategy_name(config, path)
+    return RunData(path, path.name, strategy, tasks, matrix, _infer_mode(matrix), *_setting(config))
+
+
+# Settings that say where a run is written or what it shows while it runs, not what it is.
+NOT_SETTINGS = (
+    "seed",
+    "output_dir",
+    "resume",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
+
+
+def _setting(config: dict) -> tuple[str | None, int | None]:
+    """The config without :data:`NOT_SETTINGS`, as canonical JSON, and the seed."""
+    if not config:
+        return None, None
+    rest = {key: value for key, value in config.items() if key not in NOT_SETTINGS}
+    for section, key in (name.split(".") for name in NOT_SETTINGS if "." in name):
+        if isinstance(rest.get(section), dict):
+            rest[section] = {k: v for k, v in rest[section].items() if k != key}
+    seed = config.get("seed")
+    return json.dumps(rest, sort_keys=True, default=str), seed if isinstance(seed, int) else None
+
+
+def seed_groups(runs: Sequence[RunData]) -> list[list[RunData]]:
+    """The runs grouped by setting, in the order each setting first appears: a group is one
+    experiment over several seeds. A run without a config, or one whose seed another run of
+    its setting already has, stands alone."""
+    groups: list[list[RunData]] = []
+    by_setting: dict[str, list[RunData]] = {}
+    for run in runs:
+        group = by_setting.get(run.setting) if run.setting is not None else None
+        if group is not None and run.seed is not None and all(r.seed not in (None, run.seed) for r in group):
+            group.append(run)
+            continue
+        groups.append([run])
+        if run.setting is not None and run.seed is not None and run.setting not in by_setting:
+            by_setting[run.setting] = groups[-1]
+    return groups
 
 
 def _stream_order(config: dict, columns: list[str]) -> list[str]:

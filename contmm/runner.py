@@ -27,6 +27,7 @@ from contmm.distributed import status
 from contmm.environment import environment
 from contmm.fingerprint import changed_input, run_inputs
 from contmm.generation_grid import GRID_NAME, generation_grid_png
+from contmm.held_out import HeldOutScores, split_held_out
 from contmm.image_scoring import generates_images
 from contmm.matrix import ScoreMatrix, row_after
 from contmm.metrics import compute_metrics, tasks_to_evaluate
@@ -37,7 +38,7 @@ from contmm.results import RunDirectory, summary_table
 from contmm.rundata import load_run
 from contmm.settings import check_at_least, check_positive, check_seed
 from contmm.strategy import Strategies, Strategy
-from contmm.stream import TaskStream
+from contmm.stream import Task, TaskStream
 from contmm.trainers import StageTrainers, run_loggers
 
 
@@ -60,15 +61,15 @@ class PretrainConfig:
         check_positive("pretrain.lr", self.lr)
 
 
-def check_drawing(stream: TaskStream, model, evaluation: EvalConfig) -> None:
-    """Refuse, before any training, a stream whose images the run cannot draw or score."""
-    drawn = [task.name for task in stream.tasks if generates_images(task.scorer)]
+def check_drawing(tasks: list[Task], model, evaluation: EvalConfig) -> None:
+    """Refuse, before any training, tasks whose images the run cannot draw or score."""
+    drawn = [task.name for task in tasks if generates_images(task.scorer)]
     if drawn and not getattr(model, "generates", False):
         raise ValueError(
             f"task(s) {drawn} ask for images but the model generates none: "
             "give it model.output_projector and model.generator"
         )
-    clip = [task.name for task in stream.tasks if task.scorer == "clip_score"]
+    clip = [task.name for task in tasks if task.scorer == "clip_score"]
     if clip and evaluation.clip_model is None:
         raise ValueError(
             f"task(s) {clip} are scored by clip_score: set eval.clip_model (a CLIP directory or hub id)"
@@ -126,14 +127,19 @@ class ContinualRun:
         self.strategies = Strategies(strategies)
         self.model = build_model(model, stream.texts())
         self.inputs = run_inputs(stream, self.model.tokenizer)
+        # After the tokenizer and the inputs' fingerprint, which cover the held-out tasks too.
+        self.held_out_tasks = split_held_out(stream, eval.held_out)
         trained = {
             *self.model.configured_trainable(),
             *(self.pretrain.trainable if self.pretrain.max_epochs else ()),
         }
         self.weights = TrainedWeights(self.model, trained)
-        self.module = ContinualModule(self.model, self.strategies, optimizer, eval, len(stream.tasks))
-        check_drawing(stream, self.model, eval)
-        if any(task.scorer == "clip_score" for task in stream.tasks):
+        self.module = ContinualModule(
+            self.model, self.strategies, optimizer, eval, len(stream.tasks) + len(self.held_out_tasks)
+        )
+        evaluated = [*stream.tasks, *self.held_out_tasks]
+        check_drawing(evaluated, self.model, eval)
+        if any(task.scorer == "clip_score" for task in evaluated):
             self.module.clip_scorer()  # loaded now: a wrong eval.clip_model stops the run before training
         # Built before any Trainer starts the process group: importing Avalanche on a
         # non-zero rank inside a distributed session fails (it refuses to make loggers there).
@@ -146,6 +152,9 @@ class ContinualRun:
             else None
         )
         self.scores = ScoreMatrix(stream.task_names)
+        self.held_out = HeldOutScores(
+            [task.name for task in self.held_out_tasks], len(stream.tasks), len(stream.tasks) + 1
+        )
         # One logger pair across all stages, stage = step, so TensorBoard draws the scores
         # of every task over the stream (forgetting curves) without contmm.
         self.score_loggers = run_loggers(self.run, "scores")
@@ -246,6 +255,7 @@ class ContinualRun:
             checkpoint.model, f"the checkpoint of stage {checkpoint.stage} in {self.run.path}"
         )
         self.scores.load_state_dict(checkpoint.state)
+        self.held_out.load_state_dict(checkpoint.state)
         self.trainers.steps_before = checkpoint.state["trained_steps"]
         # A new CSV logger rewrites its file, and the user's loggers start a new run unless
         # their init_args name the old one: log the restored rows again so they hold them.
@@ -266,6 +276,7 @@ class ContinualRun:
         if self.run.is_writer():
             state = {
                 **self.scores.state_dict(),
+                **self.held_out.state_dict(),
                 "trained_steps": self.trainers.trained_steps,
                 "inputs": self.inputs,
                 "config": self.config["dict"],
@@ -295,7 +306,8 @@ class ContinualRun:
         self.module.optimizer_cfg = tuning
 
     def stage_data(self, train=None, evaluate: list[int] = ()) -> StageData:
-        eval_tasks = [(j, self.stream.tasks[j]) for j in evaluate]
+        tasks = [*self.stream.tasks, *self.held_out_tasks]  # held-out ids follow the stream's
+        eval_tasks = [(j, tasks[j]) for j in evaluate]
         return StageData(
             self.model, self.data, self.module.evaluation.batch_size, self.seed, train, eval_tasks
         )
@@ -303,11 +315,13 @@ class ContinualRun:
     def evaluate(self, stage: int, trainer: L.Trainer) -> None:
         """Score the tasks of row ``stage``; write the row, its predictions and results.json."""
         columns = tasks_to_evaluate(stage, len(self.stream.tasks), self.module.evaluation.matrix)
-        evaluation = self.module.evaluate(trainer, self.stage_data(evaluate=columns))
+        data = self.stage_data(evaluate=columns + self.held_out.ids())
+        evaluation = self.module.evaluate(trainer, data)
         self.scores.record(stage, evaluation)
-        for task_id, records in evaluation.predictions.items():
+        self.held_out.record(stage, evaluation)
+        for task_id, task in data.eval_tasks:
             self.run.write_predictions(
-                stage, self.stream.tasks[task_id].name, records, evaluation.images.get(task_id)
+                stage, task.name, evaluation.predictions[task_id], evaluation.images.get(task_id)
             )
         self.run.write_results(self.results(trainer, stage))
         if any(generates_images(task.scorer) for task in self.stream.tasks) and self.run.is_writer():
@@ -317,7 +331,7 @@ class ContinualRun:
 
     def log_scores(self, stage: int, loggers: list) -> None:
         for logger in loggers:
-            logger.log_metrics(self.scores.scores(stage), step=stage)
+            logger.log_metrics(self.scores.scores(stage) | self.held_out.logged(stage), step=stage)
             logger.save()
 
     def results(self, trainer: L.Trainer, stages_completed: int) -> dict:
@@ -327,6 +341,7 @@ class ContinualRun:
             "stages_completed": stages_completed,
             "matrix_mode": self.module.evaluation.matrix,
             **self.scores.results(self.reference_scores),
+            **(self.held_out.results() if self.held_out_tasks else {}),
             "config": self.config["dict"],
             "env": environment(trainer, self.data.batch_size),
         }

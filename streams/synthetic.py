@@ -126,11 +126,14 @@ def render(scene: list[Obj], image_size: int, seed: int) -> Image.Image:
 class ShapesDataset(Dataset):
     """Samples of one task of the synthetic stream; images are rendered on access."""
 
-    def __init__(self, task: str, split: str, size: int, seed: int, image_size: int) -> None:
+    def __init__(
+        self, task: str, split: str, size: int, seed: int, image_size: int, templates: Sequence[str] = ()
+    ) -> None:
         self.task, self.split, self.image_size = task, split, image_size
         rng = random.Random(f"{seed}/{task}/{split}")
         self.scenes = [self._scene(rng) for _ in range(size)]
-        self.questions = [rng.choice(INSTRUCTIONS.get(task) or QUESTIONS[task]) for _ in range(size)]
+        templates = templates or INSTRUCTIONS.get(task) or QUESTIONS[task]
+        self.questions = [rng.choice(templates) for _ in range(size)]
         self.render_seeds = [rng.getrandbits(32) for _ in range(size)]
 
     def _scene(self, rng: random.Random) -> list[Obj]:
@@ -196,6 +199,12 @@ class SyntheticShapes(TaskStream):
         train_size: training samples per task.
         test_size: test samples per task.
         pretrain_size: captioning samples for MM pre-training (0: no pre-training task).
+        general_size: samples per question type (colour, shape, count, position) of general
+            instruction tuning added to pre-training, asked with only the first two of each
+            type's three questions (the tasks ask with all three). The model enters the
+            stream instruction-tuned, as LLaVA-1.5 does, and answers the tasks partly
+            zero-shot, so tuning on early tasks can hurt later ones (negative forward
+            transfer). 0: no general tuning.
         image_size: side of the square images in pixels.
         seed: the seed every scene is drawn from.
     """
@@ -206,12 +215,16 @@ class SyntheticShapes(TaskStream):
         train_size: int = 1000,
         test_size: int = 100,
         pretrain_size: int = 1000,
+        general_size: int = 0,
         image_size: int = 32,
         seed: int = 0,
     ) -> None:
         unknown = sorted(set(tasks) - set(TASKS))
         if unknown:
             raise ValueError(f"unknown synthetic task(s) {unknown}; choose from {list(TASKS)}")
+
+        if general_size and not pretrain_size:
+            raise ValueError("SyntheticShapes: general_size adds to pre-training; set pretrain_size too")
 
         def make(task: str, train_size: int) -> Task:
             return Task(
@@ -227,6 +240,13 @@ class SyntheticShapes(TaskStream):
             # With generation tasks in the stream, pre-training also aligns the Output Projector
             # on whole-scene drawings, as captioning aligns the Input Projector.
             self.pretrain_task = make("caption", pretrain_size)
+            parts = [self.pretrain_task.train]
             if any(task in GENERATION_SCORERS for task in tasks):
-                drawing = ShapesDataset("draw", "train", pretrain_size, seed, image_size)
-                self.pretrain_task.train = ConcatShapes([self.pretrain_task.train, drawing])
+                parts.append(ShapesDataset("draw", "train", pretrain_size, seed, image_size))
+            if general_size:
+                parts += [
+                    ShapesDataset(t, "general", general_size, seed, image_size, QUESTIONS[t][:2])
+                    for t in UNDERSTANDING
+                ]
+            if len(parts) > 1:
+                self.pretrain_task.train = ConcatShapes(parts)

@@ -181,7 +181,7 @@ def test_report_prints_the_metrics_of_each_run(tmp_path, capsys):
     main(["report", str(naive), str(replay)])
     printed = capsys.readouterr().out
     rows = table_rows(printed)
-    assert printed.splitlines()[0] == "| strategy | run | ACC | MFT | MAA | BWT | Forgetting | FWT |"
+    assert printed.splitlines()[0] == "| strategy | run | seeds | ACC | MFT | MAA | BWT | Forgetting | FWT |"
     assert rows["Naive"]["run"] == "naive" and rows["Replay"]["run"] == "replay"
     for strategy, expected in EXPECTED.items():
         assert {k: rows[strategy][k] for k in expected if k != "Intransigence"} == {
@@ -287,3 +287,51 @@ def test_plot_without_output_names_the_option(tmp_path, capsys):
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
     assert "plot.output" in message and "contmm plot --help" in message
+
+
+PERFECT_END = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+
+
+def write_seeded(path: Path, matrix, seed: int, memory: int = 8) -> Path:
+    """A run whose results hold its config: Replay(memory), seed ``seed``."""
+    write_run(path, matrix, "Replay")
+    results = json.loads((path / "results.json").read_text())
+    results["config"] = {
+        "seed": seed,
+        "output_dir": str(path),
+        "strategies": [{"class_path": "strategies.replay.Replay", "init_args": {"memory_size": memory}}],
+        "trainer": {"max_epochs": 1, "enable_progress_bar": seed == 0},  # display only: same setting
+    }
+    (path / "results.json").write_text(json.dumps(results))
+    return path
+
+
+def test_runs_that_differ_only_in_seed_share_a_row_of_mean_and_spread(tmp_path, capsys):
+    seeds = [write_seeded(tmp_path / f"s{i}", m, i) for i, m in enumerate((NAIVE, REPLAY, PERFECT_END))]
+    other = write_seeded(tmp_path / "bigger", REPLAY, 0, memory=16)  # another setting: its own row
+    main(["report", *map(str, seeds), str(other)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| Replay")]
+    assert len(lines) == 2
+    cells = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert cells[:3] == ["Replay", "s0, s1, s2", "3"]
+    # ACC per seed: 2.15/3, 2.6/3, 1 -> mean 0.861; sample std sqrt(0.040185 / 2) = 0.142.
+    assert cells[3] == "0.861 ± 0.142"
+    # FWT is n/a for the first seed (R[0][2] missing), so for the experiment.
+    assert cells[8] == "n/a"
+    assert [cell.strip() for cell in lines[1].strip("|").split("|")][1:4] == ["bigger", "1", "0.867"]
+
+
+def test_the_comparison_plot_draws_one_line_and_a_band_per_seed_group(tmp_path):
+    seeds = [write_seeded(tmp_path / f"s{i}", m, i) for i, m in enumerate((REPLAY, PERFECT_END))]
+    other = write_seeded(tmp_path / "bigger", NAIVE, 0, memory=16)
+    (top,) = axes_titled(plot_runs([load_run(p) for p in (*seeds, other)]), "seen so far")
+    assert [line.get_label() for line in top.get_lines()] == [
+        "Replay (s0) (mean of 2 seeds ± std)",
+        "Replay (bigger)",
+    ]
+    # Seen-so-far averages: REPLAY 0.9, 0.9, 0.8667; PERFECT_END 1, 1, 1 -> means 0.95, 0.95,
+    # 0.9333, sample std 0.0707, 0.0707, 0.0943: the band spans 0.8390 (stage 3) to 1.0276.
+    assert list(top.get_lines()[0].get_ydata()) == pytest.approx([0.95, 0.95, 0.93333], abs=1e-4)
+    (band,) = top.collections
+    heights = band.get_paths()[0].vertices[:, 1]
+    assert (heights.min(), heights.max()) == pytest.approx((0.83905, 1.02761), abs=1e-4)
