@@ -1,17 +1,23 @@
 """The Modality Generator against diffusers itself."""
 
 import json
+import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file, save_file
 
+from contmm.model import MMLLM
+from contmm.model.collate import InstructionCollator
 from contmm.model.generator import GeneratorConfig, ModalityGenerator
+from contmm.model.output_projector import OutputProjectorConfig
+from streams.synthetic import SyntheticShapes
 from tests.generators import CAPTION_LENGTH, WIDTH, save_latent_generator, save_pixel_generator
-from tests.helpers import REPO
+from tests.helpers import REPO, tiny_config, train_steps
 
 
 def generators(seeds):
@@ -89,3 +95,51 @@ def test_the_committed_tiny_generator_loads_as_a_user_would_load_it():
         GeneratorConfig(pretrained=str(REPO / "experiments" / "generators" / "tiny_shapes"))
     )
     assert (generator.image_size, generator.conditioning_length, generator.vae) == (16, 8, None)
+
+
+TINY_UNET = {
+    "sample_size": 8,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [16, 32],
+    "layers_per_block": 1,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+
+
+def test_a_random_init_generator_is_trained_by_the_denoising_objective_and_samples():
+    stream = SyntheticShapes(tasks=["draw_colour"], train_size=4, test_size=2, pretrain_size=2, image_size=8)
+    cfg = replace(
+        tiny_config(),
+        output_projector=OutputProjectorConfig(num_heads=2, alignment_weight=0.0, denoising_weight=1.0),
+        generator=GeneratorConfig(config=TINY_UNET, freeze=False, num_inference_steps=2),
+    )
+    torch.manual_seed(0)
+    model = MMLLM.build(cfg, stream.texts())
+    model.set_trainable(["output_projector", "generator"])
+    before = {n: p.detach().clone() for n, p in model.generator.unet.named_parameters()}
+    batch = InstructionCollator(model, train=True)([stream.tasks[0].train[i] for i in range(4)])
+    train_steps(model, batch, steps=2)
+    changed = [n for n, p in model.generator.unet.named_parameters() if not torch.equal(before[n], p)]
+    assert len(changed) == len(before)  # the whole UNet learns from the denoising loss
+    conditioning = torch.randn(2, model.generator.conditioning_length or 4, 32)
+    images = model.generator.sample(conditioning, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert images.shape == (2, 3, 8, 8) and images.min() >= 0 and images.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"config": TINY_UNET}, "freeze: false"),
+        ({"config": TINY_UNET, "freeze": False, "guidance_scale": 2.0}, "needs a text encoder"),
+        ({"config": {**TINY_UNET, "colours": 3}, "freeze": False}, "model.generator.config"),
+        ({}, "needs one of `pretrained`"),
+    ],
+)
+def test_a_random_init_generator_that_could_not_learn_is_refused(settings, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        ModalityGenerator(GeneratorConfig(**settings))

@@ -3,7 +3,7 @@
 import pytest
 from PIL import ImageChops
 
-from streams.synthetic import SyntheticShapes
+from streams.synthetic import QUESTIONS, UNDERSTANDING, SyntheticShapes
 
 
 def _sample(stream, task, i):
@@ -67,3 +67,21 @@ def test_the_stream_is_an_avalanche_benchmark_with_task_labels():
     assert [e.task_labels for e in benchmark.train_stream] == [[0], [1]]
     assert len(benchmark.test_stream[1].dataset) == 5
     assert benchmark.train_stream[1].dataset[3]["id"] == stream.tasks[1].train[3]["id"]
+
+
+def test_general_tuning_adds_every_question_type_to_pretraining_with_two_of_its_three_questions():
+    stream = SyntheticShapes(
+        tasks=["colour", "shape"], train_size=30, test_size=30, pretrain_size=4, general_size=30
+    )
+    pretrain = stream.pretrain_task.train
+    assert len(pretrain) == 4 + 30 * len(UNDERSTANDING)
+    general = [pretrain.text(i) for i in range(4, len(pretrain))]
+    for kind in UNDERSTANDING:
+        asked = {
+            s["question"].removeprefix("<image>\n") for s in general if s["id"].startswith(f"{kind}-general")
+        }
+        assert asked == set(QUESTIONS[kind][:2])  # the third is never asked in general tuning
+    tested = {stream.tasks[0].test.text(i)["question"].removeprefix("<image>\n") for i in range(30)}
+    assert tested == set(QUESTIONS["colour"])  # the tasks ask with all three
+    with pytest.raises(ValueError, match="general_size adds to pre-training"):
+        SyntheticShapes(pretrain_size=0, general_size=10)

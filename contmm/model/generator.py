@@ -5,7 +5,8 @@ It is loaded from a directory (or hub id) in the Stable Diffusion layout: ``unet
 it the UNet denoises pixels) and ``text_encoder/`` + ``tokenizer/`` (the generator's own text
 encoder, whose encoding of a caption is what the UNet was trained to read, and so the target
 the Output Projector is aligned to). The tiny default's weights are made by
-``experiments/generators/pretrain_tiny.py``.
+``experiments/generators/pretrain_tiny.py``. ``config:`` builds a random-init pixel-space
+UNet instead, with no text encoder, to be trained in the run by the denoising objective.
 
 Sampling follows diffusers' ``StableDiffusionPipeline`` step for step (same noise, scheduler
 calls, guidance and decoding), so that a conditioning gives the image diffusers gives for it
@@ -39,6 +40,10 @@ class GeneratorConfig:
     Args:
         pretrained: a directory or hub id in the Stable Diffusion layout (``unet/``,
             ``scheduler/``, optional ``vae/``, ``text_encoder/`` and ``tokenizer/``).
+        config: instead, the arguments of a random-init pixel-space ``UNet2DConditionModel``
+            (no VAE, no text encoder; diffusers' default DDPM noise schedule). It draws nothing
+            until trained: it needs ``freeze: false`` and the Output Projector's
+            ``denoising_weight`` > 0.
         sampler: the diffusers scheduler class that samples at evaluation, built from the
             directory's scheduler config (default: the directory's own scheduler class).
         num_inference_steps: sampler steps per image.
@@ -49,6 +54,7 @@ class GeneratorConfig:
     """
 
     pretrained: str | None = None
+    config: dict | None = None
     sampler: str | None = None
     num_inference_steps: int = 20
     guidance_scale: float = 1.0
@@ -99,12 +105,15 @@ class ModalityGenerator(nn.Module):
 
     def __init__(self, cfg: GeneratorConfig) -> None:
         super().__init__()
-        if not cfg.pretrained:
+        if (cfg.pretrained is None) == (cfg.config is None):
             raise ValueError(
-                "model.generator needs `pretrained`: a diffusers directory in the Stable Diffusion layout "
-                "(the tiny default's is experiments/generators/tiny_shapes)"
+                "model.generator needs one of `pretrained` (a diffusers directory in the Stable Diffusion "
+                "layout; the tiny default's is experiments/generators/tiny_shapes) or `config` (a random-init UNet)"
             )
         self.cfg = cfg
+        if cfg.config is not None:
+            self._random_init(cfg)
+            return
         path = cfg.pretrained
         parts = _parts(path)
         if not {"unet", "scheduler"} <= parts:
@@ -132,6 +141,34 @@ class ModalityGenerator(nn.Module):
                 f"{self.text_encoder.config.hidden_size} is not the UNet's cross_attention_dim "
                 f"{self.conditioning_width}"
             )
+        if cfg.guidance_scale > 1 and self.text_encoder is None:
+            raise ValueError(
+                f"model.generator.guidance_scale > 1 needs a text encoder (the empty caption's encoding); "
+                f"{path!r} has none"
+            )
+
+    def _random_init(self, cfg: GeneratorConfig) -> None:
+        if cfg.freeze:
+            raise ValueError(
+                "model.generator.config builds an untrained UNet, which a frozen run never teaches to "
+                "draw: set model.generator.freeze: false (and output_projector.denoising_weight > 0)"
+            )
+        if cfg.guidance_scale > 1:
+            raise ValueError(
+                "model.generator.guidance_scale > 1 needs a text encoder (the empty caption's encoding); "
+                "a config: generator has none"
+            )
+        try:
+            self.unet = UNet2DConditionModel(**cfg.config)
+        except TypeError as error:
+            raise ValueError(f"model.generator.config: {error}") from None
+        self.vae = self.text_encoder = self.tokenizer = None
+        schedule = DDPMScheduler().config
+        self.noise_scheduler = DDPMScheduler.from_config(schedule)
+        sampler_cls = getattr(diffusers, cfg.sampler or "DDPMScheduler", None)
+        if not (isinstance(sampler_cls, type) and hasattr(sampler_cls, "set_timesteps")):
+            raise ValueError(f"model.generator.sampler {cfg.sampler!r} is not a diffusers scheduler class")
+        self.sampler = sampler_cls.from_config(schedule)
 
     @property
     def conditioning_width(self) -> int:

@@ -90,6 +90,11 @@ class MMLLM(ComponentModel):
             raise ValueError("model.output_projector and model.generator come together: set both or neither")
         self.generates = cfg.generator is not None
         if self.generates:
+            if cfg.generator.config is not None and cfg.output_projector.denoising_weight == 0:
+                raise ValueError(
+                    "model.generator.config is a random-init UNet: only the denoising objective trains "
+                    "it, so set model.output_projector.denoising_weight > 0"
+                )
             self.generator = ModalityGenerator(cfg.generator)
             self.output_projector = build_output_projector(
                 cfg.output_projector,
