@@ -12,15 +12,10 @@ expanded the same way and a sample's route picks both. A generation prompt has n
 so it is routed by its instruction alone, and a generation task's image key is zero (it
 adds nothing to any sample's similarity).
 
-EProj trains each key to maximise its cosine similarity to the task's features. That
-objective, Σ_i cos(k, f_i), has a closed-form maximiser, the direction of Σ_i f_i/|f_i|,
-so the keys here are computed in one pass over the task's training data (summed over DDP
-ranks) instead of by gradient steps.
-
-The routing features come from the encoder and the backbone's embeddings, so both should
-stay frozen during the tasks (as EProj keeps them): keys stored after task 1 are compared
-with features of a later model. Composed with replay, the keys of a task would also see
-the replayed samples; put this strategy first or use it alone.
+The keys and the similarity are ``contmm/routing.py``'s (shared with routed LoRA): computed
+in closed form in one pass over the task's data; the encoder and the backbone's embeddings
+should stay frozen during the tasks (as EProj keeps them). Composed with replay, the keys of
+a task would also see the replayed samples; put this strategy first or use it alone.
 """
 
 from __future__ import annotations
@@ -29,37 +24,10 @@ import copy
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
-from contmm.distributed import all_reduce_sum
-from contmm.model.collate import IGNORE_INDEX
-from contmm.routing import RoutingAccuracy
+from contmm.routing import RoutingAccuracy, instruction_features, key_similarity, task_keys
 from contmm.strategy import Strategy
-
-
-def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The features the input projector reads, averaged over the image tokens: (batch, width)."""
-    return model.projector_inputs(pixel_values).mean(1)
-
-
-def image_width(model) -> int:
-    """The width of :func:`image_features`, read from one blank image."""
-    size = model.encoder.image_size
-    weight = next(model.encoder.parameters())
-    blank = torch.zeros(1, 3, size, size, device=weight.device, dtype=weight.dtype)
-    return image_features(model, blank).shape[-1]
-
-
-def instruction_features(model, batch: dict) -> torch.Tensor:
-    """The mean input embedding of the instruction's words: no image, padding or answer tokens."""
-    input_ids = batch["input_ids"]
-    words = batch["attention_mask"].bool() & (input_ids != model.image_token_id)
-    if "labels" in batch:
-        words &= batch["labels"] == IGNORE_INDEX
-    embeds = model.backbone.lm.get_input_embeddings()(input_ids).float()
-    return (embeds * words.unsqueeze(-1)).sum(1) / words.sum(1, keepdim=True).clamp(min=1)
 
 
 class ProjectorCopies(nn.Module):
@@ -119,11 +87,8 @@ class ExpandedProjector(ProjectorCopies):
 
     def similarity(self, instruction: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """Each sample's similarity to every task's keys: instruction, plus image where it has one."""
-        similarity = F.normalize(instruction.float(), dim=-1) @ self.instruction_keys.T
-        if features is not None:
-            image = F.normalize(features.mean(1).float(), dim=-1) @ self.image_keys.T
-            similarity = similarity + self.image_weight * image
-        return similarity
+        image = None if features is None else features.mean(1)
+        return key_similarity(self.image_keys, self.instruction_keys, instruction, image, self.image_weight)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if self.instruction is not None:
@@ -184,28 +149,13 @@ class ProjectorExpansion(Strategy):
                 projector.requires_grad_(task == task_id)
             expanded.active = task_id
 
-    @torch.no_grad()
     def after_task(self, model, task_id, dataloader) -> None:
         expanded = model.input_projector
         if len(expanded.image_keys) != task_id:
             raise RuntimeError(
                 f"keys of task {task_id} computed after {len(expanded.image_keys)} tasks' keys"
             )
-        device = expanded.image_keys.device
-        image_sum = instruction_sum = 0  # every rank has as many batches (a DistributedSampler)
-        for i, batch in enumerate(dataloader):
-            if i == self.key_batches:
-                break
-            batch = move_data_to_device(batch, device)
-            if len(batch["pixel_values"]):  # a generation task's prompts have no image
-                image_sum = image_sum + F.normalize(
-                    image_features(model, batch["pixel_values"]).float(), dim=-1
-                ).sum(0)
-            instruction_sum = instruction_sum + F.normalize(instruction_features(model, batch), dim=-1).sum(0)
-        if isinstance(image_sum, int):  # no images: a zero key, which no sample is near
-            image_sum = torch.zeros(image_width(model), device=device)
-        all_reduce_sum(image_sum, instruction_sum)
-        expanded.add_keys(F.normalize(image_sum, dim=0), F.normalize(instruction_sum, dim=0))
+        expanded.add_keys(*task_keys(model, dataloader, self.key_batches, expanded.image_keys.device))
 
     @contextmanager
     def eval_context(self, model, task_id, batch=None):

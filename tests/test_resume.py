@@ -204,6 +204,9 @@ def test_a_two_process_ddp_run_killed_between_stages_resumes_and_scores_each_sam
         ("lora_per_task", []),
         ("lora", []),
         ("lwf", []),
+        ("olora", []),
+        ("routed_lora", []),
+        ("moelora", []),
         # Nothing but the adapters is ever trained: the checkpoints hold the adapters alone.
         ("lora_per_task", ["--pretrain.max_epochs", "0"]),
         ("projector_expansion", []),

@@ -178,10 +178,14 @@ class MMLLM(ComponentModel):
 
     @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int) -> torch.Tensor:
-        """Greedy decoding of a left-padded batch with the KV cache; returns the new tokens."""
+        """Greedy decoding of a left-padded batch with the KV cache; returns the new tokens.
+        A batch with ``adapter_names`` (one per row, put there by a routing strategy) is
+        decoded with each row's own peft adapter (peft's mixed-adapter batches)."""
+        routed = {"adapter_names": batch["adapter_names"]} if "adapter_names" in batch else {}
         return self.backbone.lm.generate(
             inputs_embeds=self.embed(batch["input_ids"], batch["pixel_values"]),
             attention_mask=batch["attention_mask"],
             max_new_tokens=max_new_tokens,
             do_sample=False,
+            **routed,
         )
