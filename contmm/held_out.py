@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from contmm.evaluation import Evaluation
+from contmm.metrics import mean_retention, retention
 from contmm.stream import Task, TaskStream
 
 
@@ -56,10 +57,13 @@ class HeldOutScores:
     def results(self) -> dict:
         """``held_out``: the scores per stage and each task's retention, final / before tuning
         (None until the last stage is scored, or when the model scored 0 before tuning)."""
-        retention = {task: _retention(scores) for task, scores in self.scores.items()}
-        known = [value for value in retention.values() if value is not None]
-        mean = sum(known) / len(known) if known and len(known) == len(retention) else None
-        return {"held_out": {"scores": self.scores, "retention": retention, "mean_retention": mean}}
+        return {
+            "held_out": {
+                "scores": self.scores,
+                "retention": {task: retention(scores) for task, scores in self.scores.items()},
+                "mean_retention": mean_retention(self.scores),
+            }
+        }
 
     def state_dict(self) -> dict:
         return {"held_out": self.scores}
@@ -72,9 +76,3 @@ class HeldOutScores:
             )
         self.scores = saved
 
-
-def _retention(scores: list[float | None]) -> float | None:
-    before, final = scores[0], scores[-1]
-    if before is None or final is None or before == 0:
-        return None
-    return final / before

@@ -20,6 +20,9 @@ With t_j = j + 1 the stage that trains column j:
   model learns task j less well than it could.
 
 Every metric but MAA is a mean of per-task terms; those terms are reported as well.
+
+A held-out task (never trained, not a column of R) has one score per stage, h_0..h_T; its
+retention is h_T / h_0, the share of what the model could do before tuning that survives.
 """
 
 from __future__ import annotations
@@ -135,6 +138,19 @@ def intransigence_per_task(R: Matrix, reference: Sequence[float | None]) -> dict
 
 def intransigence(R: Matrix, reference: Sequence[float | None]) -> float | None:
     return _mean(list(intransigence_per_task(R, reference).values()))
+
+
+def retention(scores: Sequence[float | None]) -> float | None:
+    """A held-out task's final score over its score before tuning; None where either is
+    missing or the model scored 0 before tuning (nothing to retain)."""
+    before, final = scores[0], scores[-1]
+    return None if before is None or final is None or before == 0 else final / before
+
+
+def mean_retention(held_out: dict[str, Sequence[float | None]]) -> float | None:
+    """The mean retention of the held-out tasks; None without any, or if one's is None."""
+    values = [retention(scores) for scores in held_out.values()]
+    return _mean(values) if values else None
 
 
 def compute_metrics(R: Matrix, reference: Sequence[float | None] | None = None) -> dict[str, float | None]:

@@ -1,7 +1,8 @@
 """Plot run directories to one image (PNG unless the file's extension names another format).
 
 One run: (a) its forgetting curves, the score of every task after every stage, with a star
-on the stage that trained the task, and (b) its score matrix R as a heatmap. Several runs:
+on the stage that trained the task (and, dotted and grey, every held-out task's, which no
+stage trains), and (b) its score matrix R as a heatmap. Several runs:
 on top, the average score of the tasks seen so far after each stage, one line per run
 (the curve whose mean is MAA), then panels (a) and (b) of every run, one row per run. Runs
 of one config over several seeds (:func:`~contmm.rundata.seed_groups`) are one line on
@@ -73,9 +74,18 @@ def draw_curves(ax: Axes, run: RunData) -> None:
         if (trained := run.matrix[j + 1][j]) is not None:
             # A scatter, not a line: ax.lines stays one line per task.
             ax.scatter(j + 1, trained, s=220, marker="*", color=line.get_color(), edgecolor="black", zorder=3)
+    for k, (task, scores) in enumerate(run.held_out.items()):
+        ax.plot(
+            stages,
+            [_value(score) for score in scores],
+            marker=MARKERS[-1 - k % len(MARKERS)],
+            linestyle=":",
+            color=f"{0.2 + 0.15 * (k % 4):.2f}",
+            label=f"{task} (held out)",
+        )
     star = Line2D([], [], marker="*", markersize=13, color="0.5", markeredgecolor="black", linestyle="none")
     handles = [*ax.get_lines(), star]
-    labels = [*run.tasks, "trained at this stage"]
+    labels = [*(line.get_label() for line in ax.get_lines()), "trained at this stage"]
     # Beside the axes: inside it would hide lines, below it would collide with tilted tick labels.
     ax.legend(handles, labels, title="task", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     set_stage_ticks(ax, run.tasks, first=0, room=CURVES_ROOM)

@@ -10,6 +10,9 @@ task less well than it could.
 Runs of one config that differ only in ``seed`` (and where they were written) are one
 experiment: they share a row, each metric as mean ± standard deviation over the seeds
 (the sample standard deviation, n - 1), with the number of seeds in the ``seeds`` column.
+
+Runs with held-out tasks (``eval.held_out``) add a Retention column: the mean over those
+tasks of final score / score before tuning.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import statistics
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from contmm.metrics import compute_metrics, why_missing
+from contmm.metrics import compute_metrics, mean_retention, why_missing
 from contmm.rundata import RunData, seed_groups
 
 
@@ -37,6 +40,7 @@ COLUMNS = (
     Column("fwt", "FWT", True),
 )
 INTRANSIGENCE = Column("intransigence", "Intransigence", True)
+RETENTION = Column("retention", "Retention", False)
 
 
 def report(runs: Sequence[RunData], reference: RunData | None = None) -> str:
@@ -48,7 +52,7 @@ def report(runs: Sequence[RunData], reference: RunData | None = None) -> str:
 def report_table(runs: Sequence[RunData], reference: RunData | None = None) -> str:
     """One Markdown row per experiment (a run, or the runs of one config over several seeds):
     strategy, run directories, number of seeds, then the metrics."""
-    columns = _columns(reference)
+    columns = _columns(runs, reference)
     lines = [
         "| strategy | run | seeds | " + " | ".join(c.title for c in columns) + " |",
         "|---|---|---:|" + "---:|" * len(columns),
@@ -56,6 +60,7 @@ def report_table(runs: Sequence[RunData], reference: RunData | None = None) -> s
     for group in seed_groups(runs):
         metrics = [
             compute_metrics(run.matrix, reference_scores(reference, run) if reference else None)
+            | {"retention": mean_retention(run.held_out)}
             for run in group
         ]
         spreads = [format_spread([m[c.key] for m in metrics], c.signed) for c in columns]
@@ -71,9 +76,15 @@ def missing_notes(runs: Sequence[RunData], reference: RunData | None = None) -> 
         reasons = why_missing(run.matrix, run.tasks)
         if reference is not None and (reason := _intransigence_missing(run, reference)) is not None:
             reasons["intransigence"] = reason
+        if mean_retention(run.held_out) is None:
+            reasons["retention"] = (
+                "no held-out tasks (eval.held_out)"
+                if not run.held_out
+                else "a held-out task scored 0 before tuning, or its last stage was not scored"
+            )
         notes += [
             f"- {run.strategy} ({run.name}): {c.title} n/a: {reasons[c.key]}"
-            for c in _columns(reference)
+            for c in _columns(runs, reference)
             if c.key in reasons
         ]
     return notes
@@ -100,8 +111,13 @@ def format_spread(values: Sequence[float | None], signed: bool) -> str:
     return f"{format_value(statistics.fmean(values), signed)} ± {spread}"
 
 
-def _columns(reference: RunData | None) -> tuple[Column, ...]:
-    return (*COLUMNS, INTRANSIGENCE) if reference is not None else COLUMNS
+def _columns(runs: Sequence[RunData], reference: RunData | None) -> tuple[Column, ...]:
+    """The metrics, intransigence given a reference, retention if any run has held-out tasks."""
+    return (
+        *COLUMNS,
+        *([INTRANSIGENCE] if reference is not None else []),
+        *([RETENTION] if any(run.held_out for run in runs) else []),
+    )
 
 
 def _intransigence_missing(run: RunData, reference: RunData) -> str | None:

@@ -12,7 +12,7 @@ import csv
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -22,6 +22,7 @@ from contmm.metrics import tasks_to_evaluate
 MATRIX_MODES = ("full", "lower")
 SCORES_CSV = Path("logs/csv/scores/metrics.csv")
 SCORE_PREFIX = "score/"
+HELD_OUT_PREFIX = "held_out/"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class RunData:
     # runs that share it are one experiment repeated with other seeds (None: no config).
     setting: str | None = None
     seed: int | None = None
+    # Held-out tasks (eval.held_out): never trained, scored after every stage, not in R.
+    held_out: dict[str, list[float | None]] = field(default_factory=dict)
+
 
     def single_task_scores(self, tasks: Sequence[str], user: str) -> list[float | None]:
         """This run's diagonal R[j+1][j], as the single-task reference S_j of ``user``, whose
@@ -85,7 +89,8 @@ def _from_results(path: Path) -> RunData:
     _check_shape(file, tasks, matrix)
     config = results.get("config")
     setting = _setting(config if isinstance(config, dict) else _read_config(path))
-    return RunData(path, path.name, str(strategy), tasks, matrix, mode, *setting)
+    held_out = _held_out(file, results.get("held_out", {}).get("scores", {}), len(matrix))
+    return RunData(path, path.name, str(strategy), tasks, matrix, mode, *setting, held_out)
 
 
 def _from_csv(path: Path) -> RunData:
@@ -99,6 +104,8 @@ def _from_csv(path: Path) -> RunData:
             raise ValueError(f"{file} needs a step column and score/<task> columns, has {header}")
         tasks = _stream_order(config, columns)
         matrix: list[list[float | None]] = [[None] * len(tasks) for _ in range(len(tasks) + 1)]
+        held_out_tasks = [c.removeprefix(HELD_OUT_PREFIX) for c in header if c.startswith(HELD_OUT_PREFIX)]
+        held_out: dict[str, list[float | None]] = {t: [None] * (len(tasks) + 1) for t in held_out_tasks}
         # The logger writes one row per log call, so a stage's scores may be spread over
         # several rows with the same step: each row fills the cells it has.
         for line, row in enumerate(reader, start=2):
@@ -108,9 +115,23 @@ def _from_csv(path: Path) -> RunData:
             for j, task in enumerate(tasks):
                 if (value := _number(row[SCORE_PREFIX + task], file, line)) is not None:
                     matrix[int(stage)][j] = value
+            for task, scores in held_out.items():
+                if (value := _number(row[HELD_OUT_PREFIX + task], file, line)) is not None:
+                    scores[int(stage)] = value
     _check_shape(file, tasks, matrix)
     strategy = _strategy_name(config, path)
-    return RunData(path, path.name, strategy, tasks, matrix, _infer_mode(matrix), *_setting(config))
+    mode = _infer_mode(matrix)
+    return RunData(path, path.name, strategy, tasks, matrix, mode, *_setting(config), held_out)
+
+
+def _held_out(where: Path, scores: object, stages: int) -> dict[str, list[float | None]]:
+    """results.json's held-out scores: {task: one score or null per stage}."""
+    if not isinstance(scores, dict) or any(
+        not isinstance(v, list) or len(v) != stages or any(x is not None and not isinstance(x, (int, float)) for x in v)
+        for v in scores.values()
+    ):
+        raise ValueError(f"{where}: held_out.scores must map each held-out task to {stages} scores or nulls")
+    return scores
 
 
 # Settings that say where a run is written or what it shows while it runs, not what it is.

@@ -1,10 +1,23 @@
 """Elastic Weight Consolidation (Kirkpatrick et al. 2017), over the trainable parameters only.
 
 After each task the diagonal empirical Fisher of the *trainable* parameters is estimated
-from squared gradients of the LM loss on ``fisher_batches`` training batches, averaged over
-DDP ranks; later stages pay (λ/2)·Σ F·(θ − θ*)². Memory is O(trainable parameters): a
-frozen LLM backbone is never copied. Parameters that did not exist when a Fisher was
-computed (a new adapter or projector) are not penalised by it.
+on ``fisher_batches`` training batches, averaged over DDP ranks; later stages pay
+(λ/2)·Σ F·(θ − θ*)². Memory is O(trainable parameters): a frozen LLM backbone is never
+copied. Parameters that did not exist when a Fisher was computed (a new adapter or
+projector) are not penalised by it.
+
+Fisher: ``sample`` is the empirical Fisher of the paper, the mean over training samples of
+each sample's squared gradient (of its mean answer-token loss; one backward pass per
+sample). ``batch`` squares the gradient of each batch's mean loss instead (one backward
+pass per batch, as many libraries do): at a minimum the samples' gradients cancel in the
+mean, so it is orders of magnitude smaller and needs a λ to match.
+
+``normalise`` scales each task's Fisher to mean 1 over the weights it covers. An empirical
+Fisher is a squared gradient of the training loss, so its scale follows how well the task
+was fit: on the default stream the first task (fit to a near-zero loss) gets a Fisher 10⁵
+times smaller than the next one (fit under the penalty, whose pull leaves the loss gradient
+non-zero), and a λ that protects the first freezes everything after the second (the
+README's EWC study). Normalised, λ weighs every task alike.
 
 Modes: ``separate`` keeps one (Fisher, anchor) pair per past task; ``online`` (Schwarz et
 al. 2018) keeps one running Fisher, decayed by ``decay`` each task, anchored at the latest
@@ -19,6 +32,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from contmm.distributed import all_reduce_sum
+from contmm.image_scoring import generates_images
 from contmm.strategy import Strategy
 
 
@@ -48,6 +62,9 @@ class EWC(Strategy):
         decay: online mode only: the factor γ applied to the running Fisher before a task's is
             added (default 1).
         fisher_batches: training batches (per rank) the Fisher is estimated from.
+        fisher: ``sample`` (mean of per-sample squared gradients) or ``batch`` (mean of
+            squared batch gradients).
+        normalise: scale each task's Fisher to mean 1.
     """
 
     # Each copy keeps its own Fishers and adds its own penalty (e.g. two modes or lambdas).
@@ -59,16 +76,29 @@ class EWC(Strategy):
         mode: Literal["separate", "online"] = "separate",
         decay: float | None = None,
         fisher_batches: int = 50,
+        fisher: Literal["sample", "batch"] = "sample",
+        normalise: bool = False,
     ) -> None:
         if decay is not None and mode != "online":
             raise ValueError(f"EWC.decay ({decay}) applies to mode 'online' only; mode is {mode!r}")
         self.ewc_lambda, self.mode, self.fisher_batches = ewc_lambda, mode, fisher_batches
+        self.per_sample, self.normalise = fisher == "sample", normalise
         self.decay = 1.0 if decay is None else decay
         # Per consolidated task t (separate), or one running pair (online): the diagonal
         # Fisher F_t and the anchor θ*_t, the weights the task ended with.
         self.fishers: list[dict[str, torch.Tensor]] = []
         self.anchors: list[dict[str, torch.Tensor]] = []
         self._terms: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] | None = None
+
+    def setup(self, model, stream) -> None:
+        if self.per_sample and (drawn := [t.name for t in stream.tasks if generates_images(t.scorer)]):
+            # The Output Projector's objectives (alignment, denoising) are batch means, not a
+            # loss per sample: a sample Fisher would leave the projector unprotected.
+            raise ValueError(
+                f"EWC(fisher='sample') squares each sample's answer-token loss gradient; the "
+                f"generation tasks {drawn} train the Output Projector through batch objectives "
+                "it does not cover: use fisher: batch on this stream"
+            )
 
     def before_task(self, model, task_id) -> None:
         self._terms = None  # trainability and parameters may have changed: re-pair lazily
@@ -91,6 +121,9 @@ class EWC(Strategy):
 
     def after_task(self, model, task_id, dataloader) -> None:
         fisher = self.fisher(model, dataloader)
+        if self.normalise:
+            mean = sum(float(v.sum()) for v in fisher.values()) / sum(v.numel() for v in fisher.values())
+            fisher = {n: v / mean for n, v in fisher.items()} if mean > 0 else fisher
         anchor = {n: p.detach().clone() for n, p in model.named_parameters() if n in fisher}
         if self.mode == "online" and self.fishers:
             # Schwarz et al.: F ← γ F + F_task, anchored at the latest weights alone.
@@ -106,19 +139,23 @@ class EWC(Strategy):
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         fisher = {n: torch.zeros_like(p) for n, p in params.items()}
         device = next(iter(params.values())).device
-        batches = 0
+        terms = 0  # samples (sample Fisher) or batches (batch Fisher)
         with torch.enable_grad():
-            for batch in dataloader:
+            for batches, batch in enumerate(dataloader):
                 if batches == self.fisher_batches:
                     break
-                model.zero_grad(set_to_none=True)
-                model(**move_data_to_device(batch, device)).loss.backward()
-                for name, p in params.items():
-                    if p.grad is not None:
-                        fisher[name] += p.grad.detach().pow(2)
-                batches += 1
-        model.zero_grad(set_to_none=True)
-        count = torch.tensor(float(batches), device=device)
+                batch = move_data_to_device(batch, device)
+                outputs = model(**batch)
+                losses = sample_losses(outputs.logits, batch["labels"]) if self.per_sample else [outputs.loss]
+                for i, loss in enumerate(losses):
+                    grads = torch.autograd.grad(
+                        loss, list(params.values()), retain_graph=i < len(losses) - 1, allow_unused=True
+                    )
+                    for name, grad in zip(params, grads):
+                        if grad is not None:
+                            fisher[name] += grad.detach().pow(2)
+                terms += len(losses)
+        count = torch.tensor(float(terms), device=device)
         all_reduce_sum(*fisher.values(), count)
         return {n: v / count for n, v in fisher.items()}
 
@@ -128,3 +165,13 @@ class EWC(Strategy):
     def load_state_dict(self, state: dict) -> None:
         self.fishers, self.anchors = state["fishers"], state["anchors"]
         self._terms = None
+
+
+def sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+    """Each sample's mean next-token loss over its answer tokens (samples without any are
+    left out): the terms whose gradients the sample Fisher squares."""
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none"
+    )
+    tokens = (labels[:, 1:] != -100).sum(1)
+    return [nll[i].sum() / tokens[i] for i in range(len(tokens)) if tokens[i] > 0]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from contmm.model.collate import InstructionCollator
+from streams.synthetic import SyntheticShapes
 from strategies.ewc import EWC
 
 
@@ -13,9 +14,11 @@ def batches(model, stream):
     return [collate([stream.tasks[0].train[i + 4 * b] for i in range(4)]) for b in range(3)]
 
 
-def test_the_fisher_covers_only_trainable_parameters_and_averages_squared_gradients(model, batches):
+def test_the_batch_fisher_covers_only_trainable_parameters_and_averages_squared_batch_gradients(
+    model, batches
+):
     model.set_trainable(["input_projector"])
-    ewc = EWC(fisher_batches=2)
+    ewc = EWC(fisher_batches=2, fisher="batch")
     fisher = ewc.fisher(model, batches)
     assert set(fisher) == {n for n, p in model.named_parameters() if p.requires_grad}
     assert all(name.startswith("input_projector.") for name in fisher)
@@ -26,6 +29,29 @@ def test_the_fisher_covers_only_trainable_parameters_and_averages_squared_gradie
         grad = torch.autograd.grad(model(**batch).loss, param)[0]
         expected += grad.pow(2) / 2
     assert torch.allclose(fisher[f"input_projector.{name}"], expected, atol=1e-10)
+
+
+def test_the_sample_fisher_averages_each_samples_squared_gradient_of_its_answer_loss(
+    model, stream, batches
+):
+    model.set_trainable(["input_projector"])
+    fisher = EWC(fisher_batches=2).fisher(model, batches)
+    assert set(fisher) == {n for n, p in model.named_parameters() if p.requires_grad}
+
+    # By hand: each sample alone through the model (its own loss is its answer tokens' mean).
+    collate = InstructionCollator(model, train=True)
+    param = model.input_projector[0].weight
+    expected, samples = torch.zeros_like(param), 0
+    for b in range(2):
+        for sample in [stream.tasks[0].train[i + 4 * b] for i in range(4)]:
+            grad = torch.autograd.grad(model(**collate([sample])).loss, param)[0]
+            expected, samples = expected + grad.pow(2), samples + 1
+    torch.testing.assert_close(fisher["input_projector.0.weight"], expected / samples, rtol=1e-4, atol=1e-12)
+    # The batch Fisher squares the mean of the samples' gradients (colour answers are equally
+    # long), which is smaller than the mean of their squares: the two are not one estimate.
+    assert fisher["input_projector.0.weight"].sum() > EWC(fisher_batches=2, fisher="batch").fisher(
+        model, batches
+    )["input_projector.0.weight"].sum()
 
 
 def test_the_penalty_is_zero_at_the_anchor_and_grows_as_weights_move(model, batches):
@@ -76,3 +102,23 @@ def test_separate_mode_keeps_one_fisher_per_task_online_mode_one_running_fisher(
 def test_a_decay_in_separate_mode_is_refused():
     with pytest.raises(ValueError, match="decay.*'online' only"):
         EWC(mode="separate", decay=0.9)
+
+
+def test_a_sample_fisher_is_refused_on_a_stream_with_generation_tasks(model):
+    drawing = SyntheticShapes(tasks=["draw_colour", "colour"], train_size=4, test_size=2, pretrain_size=4)
+    with pytest.raises(ValueError, match=r"\['draw_colour'\].*fisher: batch"):
+        EWC().setup(model, drawing)
+    EWC(fisher="batch").setup(model, drawing)
+
+
+def test_a_normalised_fisher_has_mean_one_and_the_raw_fishers_proportions(model, batches):
+    model.set_trainable(["input_projector"])
+    raw, normalised = EWC(fisher_batches=2), EWC(fisher_batches=2, normalise=True)
+    raw.after_task(model, 0, batches)
+    normalised.after_task(model, 0, batches)
+    (plain,), (scaled,) = raw.fishers, normalised.fishers
+    weights = sum(v.numel() for v in scaled.values())
+    assert sum(float(v.sum()) for v in scaled.values()) / weights == pytest.approx(1.0, rel=1e-5)
+    ratio = float(scaled["input_projector.0.weight"].sum() / plain["input_projector.0.weight"].sum())
+    for name in plain:
+        torch.testing.assert_close(scaled[name], plain[name] * ratio)

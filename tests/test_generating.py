@@ -138,7 +138,7 @@ def test_ewcs_fisher_covers_the_output_projector_on_generation_samples(any2any, 
     model.set_trainable(["output_projector"])
     collate = InstructionCollator(model, train=True)
     batches = [collate([any2any.tasks[1].train[i + 4 * b] for i in range(4)]) for b in range(2)]
-    fisher = EWC(fisher_batches=2).fisher(model, batches)
+    fisher = EWC(fisher_batches=2, fisher="batch").fisher(model, batches)
     assert set(fisher) == {f"output_projector.{n}" for n, _ in model.output_projector.named_parameters()}
     assert all(value.sum() > 0 for value in fisher.values())
 

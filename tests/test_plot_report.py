@@ -335,3 +335,42 @@ def test_the_comparison_plot_draws_one_line_and_a_band_per_seed_group(tmp_path):
     (band,) = top.collections
     heights = band.get_paths()[0].vertices[:, 1]
     assert (heights.min(), heights.max()) == pytest.approx((0.83905, 1.02761), abs=1e-4)
+
+
+# A held-out task's score after each stage (0..3): retention = final / before tuning.
+HELD_OUT_NAIVE = {"pope": [0.8, 0.6, 0.5, 0.4]}  # 0.4 / 0.8 = 0.500
+HELD_OUT_REPLAY = {"pope": [0.8, 0.8, 0.7, 0.6]}  # 0.6 / 0.8 = 0.750
+
+
+def test_held_out_tasks_get_a_retention_column_and_dotted_curves(tmp_path, capsys):
+    naive = write_run(tmp_path / "naive", NAIVE, "Naive", held_out={"scores": HELD_OUT_NAIVE})
+    replay = write_run(tmp_path / "replay", REPLAY, "Replay", held_out={"scores": HELD_OUT_REPLAY})
+    plain = write_run(tmp_path / "plain", REPLAY, "Joint")
+
+    main(["report", str(naive), str(replay), str(plain)])
+    printed = capsys.readouterr().out
+    rows = table_rows(printed)
+    assert [rows[s]["Retention"] for s in ("Naive", "Replay", "Joint")] == ["0.500", "0.750", "n/a"]
+    assert "- Joint (plain): Retention n/a: no held-out tasks (eval.held_out)" in printed
+    main(["report", str(plain)])
+    assert "Retention" not in capsys.readouterr().out  # no run holds a task out: no column
+
+    (curves,) = axes_titled(plot_runs([load_run(naive)]), "score of each task")
+    held = [line for line in curves.get_lines() if line.get_label() == "pope (held out)"]
+    assert len(held) == 1 and list(held[0].get_ydata()) == HELD_OUT_NAIVE["pope"]
+    assert held[0].get_linestyle() == ":"
+    legend = [text.get_text() for text in curves.get_legend().get_texts()]
+    assert legend == [*TASKS, "pope (held out)", "trained at this stage"]
+
+
+def test_held_out_scores_are_read_from_the_csv_log_too(tmp_path):
+    # As the runner logs them: each stage's held-out scores beside its task scores.
+    path = tmp_path / "csv"
+    logger = CSVLogger(path / "logs", name="csv", version="scores")
+    for stage, row in enumerate(NAIVE):
+        scores = {f"score/{task}": v for task, v in zip(TASKS, row) if v is not None}
+        logger.log_metrics(scores | {"held_out/pope": HELD_OUT_NAIVE["pope"][stage]}, step=stage)
+    logger.save()
+    (path / "config.yaml").write_text(yaml.safe_dump({"stream": {"init_args": {"tasks": TASKS}}}))
+    run = load_run(path)
+    assert run.matrix == NAIVE and run.held_out == HELD_OUT_NAIVE
