@@ -10,6 +10,7 @@ Run: ``python bench/image_check.py [--images 2000] [--size 64]``
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from streams.llava import _image_problem, _Reader
+from streams.image_checks import ImageChecks, image_problem
 
 
 def write_images(folder: Path, count: int, size: int) -> list[Path]:
@@ -34,6 +35,13 @@ def write_images(folder: Path, count: int, size: int) -> list[Path]:
     return paths
 
 
+def uncached_checks(folder: str) -> ImageChecks:
+    """The stream's checks with an empty cache (a fresh folder in ``folder``), so every image
+    is decoded."""
+    os.environ["CONTMM_CACHE"] = tempfile.mkdtemp(dir=folder)
+    return ImageChecks("decode")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -43,8 +51,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         paths = write_images(Path(folder), args.images, args.size)
         sides = {
-            "one after another": lambda: [_image_problem(path) for path in paths],
-            "stream (threads)": lambda: _Reader(Path(folder), True, None, True).decode(paths),
+            "one after another": lambda: [image_problem(path) for path in paths],
+            "stream (threads)": lambda: uncached_checks(folder).run(paths),
         }
         best = dict.fromkeys(sides, float("inf"))
         for _ in range(args.rounds):

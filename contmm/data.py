@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import lightning as L
+from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from contmm.environment import usable_cores
 from contmm.model import ComponentModel
 from contmm.settings import check_at_least
 from contmm.stream import Task
@@ -23,15 +25,24 @@ class DataConfig:
 
     Args:
         batch_size: training samples per batch on each device.
-        num_workers: DataLoader worker processes (0 renders images in the main process).
+        num_workers: DataLoader worker processes per device (0 decodes images in the main
+            process); none: 0 on the CPU, on a GPU min(4, the cores per device), so that
+            decoding overlaps the step.
     """
 
     batch_size: int = 32
-    num_workers: int = 0
+    num_workers: int | None = None
 
     def __post_init__(self) -> None:
         check_at_least("data.batch_size", self.batch_size, 1)
-        check_at_least("data.num_workers", self.num_workers, 0)
+        if self.num_workers is not None:
+            check_at_least("data.num_workers", self.num_workers, 0)
+
+    def workers(self, on_gpu: bool, devices: int) -> int:
+        """The DataLoader workers of each process: ``num_workers``, or its default."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return min(4, max(1, usable_cores() // devices)) if on_gpu else 0
 
 
 class StageData(L.LightningDataModule):
@@ -67,7 +78,7 @@ class StageData(L.LightningDataModule):
             batch_size=self.data.batch_size,
             sampler=sampler,
             collate_fn=self.train_collator,
-            num_workers=self.data.num_workers,
+            num_workers=self.workers(),
         )
 
     def test_dataloader(self) -> list[DataLoader]:
@@ -77,7 +88,11 @@ class StageData(L.LightningDataModule):
                 Subset(task.test, range(rank, len(task.test), world)),
                 batch_size=self.eval_batch_size,
                 collate_fn=self.eval_collator,
-                num_workers=self.data.num_workers,
+                num_workers=self.workers(),
             )
             for _, task in self.eval_tasks
         ]
+
+    def workers(self) -> int:
+        on_gpu = isinstance(self.trainer.accelerator, CUDAAccelerator)
+        return self.data.workers(on_gpu, self.trainer.num_devices)

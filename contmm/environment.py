@@ -1,8 +1,10 @@
-"""What a result was computed with: package versions, device, world size, global batch."""
+"""What a result was computed with (package versions, device, world size, global batch), and
+what this machine offers."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 
 import lightning as L
@@ -21,3 +23,9 @@ def environment(trainer: L.Trainer, batch_size: int) -> dict:
         "world_size": trainer.world_size,
         "global_batch_size": batch_size * trainer.world_size * trainer.accumulate_grad_batches,
     }
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share; macOS has no
+    affinity call, and counts them all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

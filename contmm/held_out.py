@@ -75,4 +75,3 @@ class HeldOutScores:
                 f"the checkpoint holds held-out tasks {sorted(saved)}, the config {sorted(self.tasks)}"
             )
         self.scores = saved
-

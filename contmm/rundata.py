@@ -42,7 +42,6 @@ class RunData:
     # Held-out tasks (eval.held_out): never trained, scored after every stage, not in R.
     held_out: dict[str, list[float | None]] = field(default_factory=dict)
 
-
     def single_task_scores(self, tasks: Sequence[str], user: str) -> list[float | None]:
         """This run's diagonal R[j+1][j], as the single-task reference S_j of ``user``, whose
         ``tasks`` must be this run's, in the same order."""
@@ -127,7 +126,9 @@ def _from_csv(path: Path) -> RunData:
 def _held_out(where: Path, scores: object, stages: int) -> dict[str, list[float | None]]:
     """results.json's held-out scores: {task: one score or null per stage}."""
     if not isinstance(scores, dict) or any(
-        not isinstance(v, list) or len(v) != stages or any(x is not None and not isinstance(x, (int, float)) for x in v)
+        not isinstance(v, list)
+        or len(v) != stages
+        or any(x is not None and not isinstance(x, (int, float)) for x in v)
         for v in scores.values()
     ):
         raise ValueError(f"{where}: held_out.scores must map each held-out task to {stages} scores or nulls")

@@ -30,6 +30,7 @@ from contmm.generation_grid import GRID_NAME, generation_grid_png
 from contmm.held_out import HeldOutScores, split_held_out
 from contmm.image_scoring import generates_images
 from contmm.matrix import ScoreMatrix, row_after
+from contmm.memory import estimate
 from contmm.metrics import compute_metrics, tasks_to_evaluate
 from contmm.model import ModelConfig, build_model
 from contmm.module import ContinualModule, EvalConfig
@@ -174,6 +175,7 @@ class ContinualRun:
         self.run.write_text("config.yaml", self.config["yaml"])
         if self.run.is_writer():
             self.model.tokenizer.save_pretrained(self.run.path / "tokenizer")
+        self.print_memory_estimate(pretraining=checkpoint is None and self.pretrain.max_epochs > 0)
         if checkpoint is None and self.pretrain.max_epochs:
             self.pretrain_stage()
         self.strategies.setup(self.model, self.stream)
@@ -289,6 +291,11 @@ class ContinualRun:
                 state,
                 keep=self.checkpoint.keep,
             )
+
+    def print_memory_estimate(self, pretraining: bool) -> None:
+        stages = [("pre-training", self.pretrain.trainable)] if pretraining else []
+        for what, trainable in [*stages, ("each stage", self.model.configured_trainable())]:
+            status(estimate(self.model, trainable, self.trainers.settings).describe(what))
 
     def pretrain_stage(self) -> None:
         if self.stream.pretrain_task is None:

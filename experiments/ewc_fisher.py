@@ -62,7 +62,9 @@ def answer_rows_share(run, fisher: dict[str, torch.Tensor], task) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a run directory fitted with --checkpoint.keep all")
-    parser.add_argument("--stage", type=int, nargs="+", default=[1], help="stages to look at (1 = first task)")
+    parser.add_argument(
+        "--stage", type=int, nargs="+", default=[1], help="stages to look at (1 = first task)"
+    )
     parser.add_argument("--fisher-batches", type=int, default=50)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -88,8 +90,12 @@ def main() -> None:
                 kind: EWC(fisher_batches=args.fisher_batches, fisher=kind).fisher(run.model, loader)
                 for kind in ("batch", "sample")
             }
-            print(f"\n## {args.run} after stage {stage} ({task.name}): Fisher on {task.name}'s training data\n")
-            print("| weights | count | share of ΣF, batch | share of ΣF, sample | mean F, batch | mean F, sample |")
+            print(
+                f"\n## {args.run} after stage {stage} ({task.name}): Fisher on {task.name}'s training data\n"
+            )
+            print(
+                "| weights | count | share of ΣF, batch | share of ΣF, sample | mean F, batch | mean F, sample |"
+            )
             print("|---|---:|---:|---:|---:|---:|")
             groups = {kind: by_group(fisher) for kind, fisher in fishers.items()}
             totals = {kind: sum(total for _, total in g.values()) for kind, g in groups.items()}

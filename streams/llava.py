@@ -22,7 +22,8 @@ placeholder marks where the image goes; a conversation without one is an error u
 ``require_image_token`` is false.
 
 Every file is read and checked in the constructor (fields, shapes, answers, image paths,
-sample ids unique within a file, and every image decoded in full, in parallel), so a bad
+sample ids unique within a file, and every image decoded in full, in parallel, once per
+image file: ``streams/image_checks.py``), so a bad
 record stops a run before any training with a message that names the file, the record and
 the field. A test answer must keep a word after scoring's normalisation ("the" or "?" do
 not): an empty prediction would match it.
@@ -41,14 +42,11 @@ The instruction asks for an image, so it holds no ``<image>`` placeholder.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Literal
 
-from PIL import Image
 from torch.utils.data import Dataset
 
 from contmm.image_scoring import check_scorer, generates_images
@@ -56,6 +54,7 @@ from contmm.images import open_rgb
 from contmm.scoring import extract_choice, normalize
 from contmm.stream import Task, TaskStream, check_task_names
 from contmm.tokenizer import IMAGE_TOKEN
+from streams.image_checks import ImageCheck, ImageChecks
 
 # Problems listed per file: enough to see a pattern, few enough to read.
 MAX_PROBLEMS = 5
@@ -283,13 +282,21 @@ class _Reader:
     """Reads and checks the files of a stream; each image is decoded once, however often it is named."""
 
     def __init__(
-        self, image_root: Path, require_image_token: bool, max_samples: int | None, followups: bool
+        self,
+        image_root: Path,
+        require_image_token: bool,
+        max_samples: int | None,
+        followups: bool,
+        check_images: ImageCheck = "decode",
     ) -> None:
         self.image_root = image_root
         self.require_image_token = require_image_token
         self.max_samples = max_samples
         self.followups = followups
-        self.image_problems: dict[Path, str | None] = {}
+        self.images = ImageChecks(check_images)
+        # Each image name resolved once (a dataset names the same image from many records):
+        # its path, or why it has none.
+        self.resolved: dict[str, Path | RecordError] = {}
 
     def task(self, files: TaskFiles) -> Task:
         """The task ``files`` name, both splits read and checked."""
@@ -313,11 +320,11 @@ class _Reader:
                 read.append((index, self._drawing(record) if drawing else self._sample(record, test, scorer)))
             except RecordError as error:
                 problems.append((index, error))
-        self.decode([sample.image for _, sample in read])
+        self.images.run([sample.image for _, sample in read])
         problems += [
-            (index, RecordError(f"field 'image': {self.image_problems[sample.image]}"))
+            (index, RecordError(f"field 'image': {self.images.problems[sample.image]}"))
             for index, sample in read
-            if self.image_problems[sample.image]
+            if self.images.problems[sample.image]
         ]
         if problems:
             listed = [
@@ -332,15 +339,6 @@ class _Reader:
             raise ValueError(f"{label}: no samples (the file holds no records)")
         _check_unique_ids(samples, label)
         return LLaVADataset(samples)
-
-    def decode(self, paths: list[Path]) -> None:
-        """Decode every image of ``paths`` not decoded yet, in parallel, and note its problem.
-
-        Pillow releases the GIL while it decodes, so threads share the work across the cores
-        (measured in the README)."""
-        new = list(dict.fromkeys(path for path in paths if path not in self.image_problems))
-        with ThreadPoolExecutor(_usable_cores()) as pool:
-            self.image_problems.update(zip(new, pool.map(_image_problem, new)))
 
     def _sample(self, record: object, test: bool, scorer: str) -> Sample:
         if not isinstance(record, dict):
@@ -381,40 +379,28 @@ class _Reader:
         return Sample(record_id, self._image(record), instruction, caption, caption=caption)
 
     def _image(self, record: dict) -> Path:
-        """The record's image, resolved inside the image root and checked to open."""
+        """The record's image, resolved inside the image root (its check comes after)."""
         name = _field(record, "image")
         if not isinstance(name, str) or not name:
             raise RecordError(f"field 'image': expected a relative path, got {_describe(name)}")
+        if name not in self.resolved:
+            self.resolved[name] = self._resolve(name)
+        if isinstance(resolved := self.resolved[name], RecordError):
+            raise resolved
+        return resolved
+
+    def _resolve(self, name: str) -> Path | RecordError:
         if PurePath(name).is_absolute():
-            raise RecordError(f"field 'image': {name!r} is absolute; paths are relative to image_root")
+            return RecordError(f"field 'image': {name!r} is absolute; paths are relative to image_root")
         # resolve() follows symlinks, so a link out of the root is caught like "../".
         path = (self.image_root / name).resolve()
         if not path.is_relative_to(self.image_root):
-            raise RecordError(
+            return RecordError(
                 f"field 'image': {name!r} resolves to {path}, outside image_root {self.image_root}"
             )
         if not path.is_file():
-            raise RecordError(f"field 'image': no image file at {path}")
+            return RecordError(f"field 'image': no image file at {path}")
         return path
-
-
-def _image_problem(path: Path) -> str | None:
-    """Why the image at ``path`` cannot be used, or None. Both checks are needed: ``verify()``
-    checks what a decoder may not (PNG checksums, a missing end chunk) but reads no JPEG
-    data; the decode and conversion are what training does (:func:`~contmm.images.open_rgb`)."""
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        open_rgb(path)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        return f"{path} is not a readable image ({error})"
-    return None
-
-
-def _usable_cores() -> int:
-    """The cores this process may run on (a container's or taskset's share; macOS has no
-    affinity call, and counts them all)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _check_unique_ids(samples: list[Sample], label: str) -> None:
@@ -450,6 +436,8 @@ class LLaVAStream(TaskStream):
         require_image_token: a conversation without ``<image>`` is an error; false puts one in front.
         turns: ``all``: train on every answer of a multi-turn conversation; ``first``: on the
             first question and answer only. (Test records are one question either way.)
+        check_images: ``decode`` every image in full before training, or read its ``header``
+            only (for image sets too large to decode up front); see ``streams/image_checks.py``.
     """
 
     def __init__(
@@ -461,9 +449,11 @@ class LLaVAStream(TaskStream):
         max_samples: int | None = None,
         require_image_token: bool = True,
         turns: Literal["all", "first"] = "all",
+        check_images: ImageCheck = "decode",
     ) -> None:
         _check_settings(tasks, image_root, max_samples)
-        reader = _Reader(Path(image_root).resolve(), require_image_token, max_samples, turns == "all")
+        root = Path(image_root).resolve()
+        reader = _Reader(root, require_image_token, max_samples, turns == "all", check_images)
         self.tasks = [reader.task(files) for files in tasks]
         if pretrain_drawings is not None and pretrain is None:
             raise ValueError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +21,15 @@ def stream() -> SyntheticShapes:
 def model(stream) -> MMLLM:
     torch.manual_seed(0)
     return MMLLM.build(tiny_config(), stream.texts()).eval()
+
+
+@pytest.fixture(autouse=True)
+def image_check_cache(tmp_path, monkeypatch) -> Path:
+    """Each test's own image-check cache (streams/image_checks.py), not the user's; the
+    environment variable reaches the DDP processes a test starts."""
+    cache = tmp_path / "contmm_cache"
+    monkeypatch.setenv("CONTMM_CACHE", str(cache))
+    return cache
 
 
 @pytest.fixture

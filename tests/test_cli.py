@@ -44,6 +44,9 @@ def test_fit_runs_a_stream_and_writes_the_run_directory(tmp_path, capsys):
     # The summary table names the tasks and the metrics.
     printed = capsys.readouterr().out
     assert "1 (colour)" in printed and "bwt=" in printed
+    # Before any training: what the model and its optimizer will take.
+    assert printed.index("memory estimate, pre-training: 450 K parameters") < printed.index("1 (colour)")
+    assert "memory estimate, each stage: 450 K parameters (1.7 MiB), 334 K trainable" in printed
 
 
 def test_a_typo_in_a_config_key_is_named(capsys, tmp_path):

@@ -31,9 +31,7 @@ def test_the_batch_fisher_covers_only_trainable_parameters_and_averages_squared_
     assert torch.allclose(fisher[f"input_projector.{name}"], expected, atol=1e-10)
 
 
-def test_the_sample_fisher_averages_each_samples_squared_gradient_of_its_answer_loss(
-    model, stream, batches
-):
+def test_the_sample_fisher_averages_each_samples_squared_gradient_of_its_answer_loss(model, stream, batches):
     model.set_trainable(["input_projector"])
     fisher = EWC(fisher_batches=2).fisher(model, batches)
     assert set(fisher) == {n for n, p in model.named_parameters() if p.requires_grad}
@@ -49,9 +47,10 @@ def test_the_sample_fisher_averages_each_samples_squared_gradient_of_its_answer_
     torch.testing.assert_close(fisher["input_projector.0.weight"], expected / samples, rtol=1e-4, atol=1e-12)
     # The batch Fisher squares the mean of the samples' gradients (colour answers are equally
     # long), which is smaller than the mean of their squares: the two are not one estimate.
-    assert fisher["input_projector.0.weight"].sum() > EWC(fisher_batches=2, fisher="batch").fisher(
-        model, batches
-    )["input_projector.0.weight"].sum()
+    assert (
+        fisher["input_projector.0.weight"].sum()
+        > EWC(fisher_batches=2, fisher="batch").fisher(model, batches)["input_projector.0.weight"].sum()
+    )
 
 
 def test_the_penalty_is_zero_at_the_anchor_and_grows_as_weights_move(model, batches):

@@ -136,6 +136,36 @@ def test_an_image_named_by_many_records_is_checked_once(tmp_path, root, monkeypa
     assert len(opened) == 4  # red.png and blue.png: verified, then decoded
 
 
+def test_a_later_build_checks_only_images_new_or_changed_since(
+    tmp_path, root, monkeypatch, image_check_cache
+):
+    stream_with(tmp_path, root)  # checks red.png and blue.png, and keeps the outcome
+    assert list(image_check_cache.glob("image_checks_*.json"))
+    opened = []
+    original = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(path) or original(path, *a, **k))
+    stream_with(tmp_path, root)  # another rank, or the next run: nothing to check
+    assert opened == []
+    write_image(root / "red.png", "red", size=9)  # changed (size and time): checked again
+    stream_with(tmp_path, root)
+    assert {Path(p).name for p in opened} == {"red.png"}
+
+
+def test_a_broken_image_stays_an_error_when_its_check_comes_from_the_cache(tmp_path, root):
+    (root / "broken.png").write_bytes(b"not an image at all")
+    test = [coin(0, "red.png", "q", "red"), coin("b", "broken.png", "q", "red")]
+    first, second = (error_of(tmp_path, root, test=test) for _ in range(2))
+    assert first == second and "broken.png is not a readable image" in second
+
+
+def test_check_images_header_skips_the_decode_that_finds_a_truncated_jpeg(tmp_path, root):
+    (root / "cut.jpg").write_bytes(truncated_jpeg(tmp_path / "whole.jpg"))
+    test = [coin(0, "red.png", "q", "red"), coin("c", "cut.jpg", "q", "red")]
+    assert "cut.jpg is not a readable image" in error_of(tmp_path, root, test=test)
+    stream = stream_with(tmp_path, root, test=test, check_images="header")
+    assert len(stream.tasks[0].test) == 2
+
+
 # ----------------------------------------------------------------------------- bad files
 
 
