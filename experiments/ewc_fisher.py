@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from contmm.cli import build_run, fit_parser
 from contmm.checkpoint import load_checkpoint
+from contmm.cli import build_run, fit_parser
 from contmm.evaluate import stage_checkpoint
 from contmm.model.collate import InstructionCollator
 from strategies.ewc import EWC

@@ -19,7 +19,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # variant: (EWC init_args, the λ values swept). The raw Fishers' scale is set by how small
 # the gradients are at the end of a task, hence their λ range; normalised Fishers have mean 1.

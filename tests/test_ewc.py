@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from contmm.model.collate import InstructionCollator
-from streams.synthetic import SyntheticShapes
 from strategies.ewc import EWC
+from streams.synthetic import SyntheticShapes
 
 
 @pytest.fixture
