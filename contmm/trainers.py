@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -29,14 +30,28 @@ def run_loggers(run: RunDirectory, version: str) -> list[Logger]:
     ]
 
 
-def check_strategy_installed(strategy: Any) -> None:
-    """Stop on a DeepSpeed strategy without DeepSpeed, before the model is built: Lightning
-    finds out only when the first Trainer is made, after the model is built."""
-    deepspeed = isinstance(strategy, str) and strategy.startswith("deepspeed")
-    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+def check_sharded_strategy(settings: dict[str, Any]) -> None:
+    """Stop on a sharded strategy this machine cannot run, before the model is built:
+    Lightning finds out only when the first Trainer is made. Lightning runs FSDP and
+    DeepSpeed on CUDA GPUs only."""
+    strategy = settings.get("strategy")
+    if not isinstance(strategy, str) or not strategy.startswith(("fsdp", "deepspeed")):
+        return
+    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         raise ValueError(
             f"trainer.strategy {strategy!r} needs DeepSpeed, which is not installed (contmm does "
-            "not depend on it): `pip install deepspeed`, on a machine with a CUDA GPU"
+            'not depend on it): `pip install -e ".[deepspeed]"`, on a machine with a CUDA GPU'
+        )
+    accelerator = settings.get("accelerator", "auto")
+    if accelerator not in ("auto", "cuda", "gpu") or not torch.cuda.is_available():
+        where = (
+            f"trainer.accelerator is {accelerator!r}"
+            if accelerator not in ("auto", "cuda", "gpu")
+            else "no CUDA GPU is visible"
+        )
+        raise ValueError(
+            f"trainer.strategy {strategy!r} shards the model over CUDA GPUs (Lightning runs FSDP and "
+            f"DeepSpeed on GPUs only), but {where}: use strategy ddp (or auto) here"
         )
 
 
@@ -120,7 +135,7 @@ class StageTrainers:
     loggers (``trainer.logger``) across the stages."""
 
     def __init__(self, settings: dict[str, Any], run: RunDirectory) -> None:
-        check_strategy_installed(settings.get("strategy"))
+        check_sharded_strategy(settings)
         self.settings = {k: v for k, v in settings.items() if k != "logger"}
         given = settings.get("logger") or []
         given = given if isinstance(given, list) else [given]

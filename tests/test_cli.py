@@ -95,8 +95,24 @@ def test_a_deepspeed_strategy_without_deepspeed_stops_before_the_model_is_built(
     message = fit_error(capsys, *TINY_RUN, "--output_dir", str(tmp_path), "--trainer.strategy", strategy)
     first_line = message.splitlines()[0]
     assert first_line.startswith(f"contmm: error: trainer.strategy {strategy!r} needs DeepSpeed")
-    assert "`pip install deepspeed`" in first_line and "CUDA GPU" in first_line
+    assert '`pip install -e ".[deepspeed]"`' in first_line and "CUDA GPU" in first_line
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed_stage_2"])
+def test_a_sharded_strategy_on_the_cpu_stops_before_the_model_is_built(
+    capsys, tmp_path, monkeypatch, strategy
+):
+    def build(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(runner, "build_model", build)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # as if DeepSpeed were there
+    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(tmp_path), "--trainer.strategy", strategy)
+    assert message.splitlines()[0] == (
+        f"contmm: error: trainer.strategy {strategy!r} shards the model over CUDA GPUs (Lightning runs "
+        "FSDP and DeepSpeed on GPUs only), but trainer.accelerator is 'cpu': use strategy ddp (or auto) here"
+    )
 
 
 def test_malformed_yaml_is_named_with_its_file(capsys, tmp_path):

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig
 
 from contmm.cli import main
-from contmm.model import ModelConfig, build_model
+from contmm.model import BackboneConfig, ModelConfig, build_model
 from contmm.model.chat import chat_messages
 from contmm.model.collate import IGNORE_INDEX, model_inputs
 from strategies.ewc import EWC
@@ -227,3 +227,20 @@ def test_projector_expansion_refuses_qwen2_vls_merger_naming_why(checkpoints, st
     model = build_model(ModelConfig(pretrained=str(checkpoints["qwen2_vl"])), [])
     with pytest.raises(ValueError, match="reads all images of a batch as one"):
         ProjectorExpansion().setup(model, stream)
+
+
+def test_a_quantised_backbone_needs_a_frozen_llm_and_bitsandbytes_on_a_cuda_gpu(checkpoints):
+    trained = ModelConfig(pretrained=str(checkpoints["llava"]), quantization="4bit")
+    with pytest.raises(ValueError, match=r"model.quantization '4bit' quantises the LLM.*freeze: true"):
+        build_model(trained, [])
+    frozen = ModelConfig(
+        pretrained=str(checkpoints["llava"]), quantization="8bit", backbone=BackboneConfig(freeze=True)
+    )
+    if not torch.cuda.is_available():  # this machine: the one-line reason, not a bitsandbytes traceback
+        with pytest.raises(ValueError, match=r"needs bitsandbytes on a CUDA GPU, but no CUDA GPU is visible"):
+            build_model(frozen, [])
+
+
+def test_quantization_is_refused_for_an_assembled_model():
+    with pytest.raises(ValueError, match=r"model.quantization apply to a whole checkpoint"):
+        build_model(ModelConfig(quantization="4bit"), ["a b c"])

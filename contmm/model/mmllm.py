@@ -53,6 +53,9 @@ class ModelConfig:
         attn_implementation: transformers' attention kernel for a whole checkpoint
             (``eager``, ``sdpa``, ``flash_attention_2``; default: transformers' choice).
         trust_remote_code: allow a whole checkpoint's own code (off unless set explicitly).
+        quantization: load a whole checkpoint's frozen LLM in ``4bit`` (QLoRA's NF4, bf16
+            compute) or ``8bit`` with bitsandbytes (``pip install -e ".[qlora]"``, CUDA GPUs
+            only); the vision tower, the projector and the LM head stay unquantised.
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -66,6 +69,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None
     trust_remote_code: bool = False
+    quantization: Literal["4bit", "8bit"] | None = None
 
 
 class MMLLM(ComponentModel):
@@ -75,7 +79,12 @@ class MMLLM(ComponentModel):
 
     def __init__(self, cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         super().__init__()
-        whole_only = {"dtype": "auto", "gradient_checkpointing": False, "attn_implementation": None}
+        whole_only = {
+            "dtype": "auto",
+            "gradient_checkpointing": False,
+            "attn_implementation": None,
+            "quantization": None,
+        }
         if set_here := [f"model.{k}" for k, default in whole_only.items() if getattr(cfg, k) != default]:
             raise ValueError(f"{', '.join(set_here)} apply to a whole checkpoint (model.pretrained) only")
         self.cfg = cfg

@@ -9,6 +9,8 @@ EWC and LoRA on the backbone act on the checkpoint itself.
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
@@ -54,6 +56,7 @@ def load_checkpoint(cfg) -> tuple[nn.Module, object]:
         attn_implementation=cfg.attn_implementation,
         trust_remote_code=remote,
         output_loading_info=True,
+        **quantization(cfg, model_type),
     )
     problems = {k: sorted(v) for k, v in report.items() if k != "error_msgs" and v}
     if problems or report.get("error_msgs"):
@@ -63,6 +66,38 @@ def load_checkpoint(cfg) -> tuple[nn.Module, object]:
             "a weight left at random init would train and score silently wrong"
         )
     return model, AutoProcessor.from_pretrained(path, trust_remote_code=remote)
+
+
+def quantization(cfg, model_type: str) -> dict:
+    """``from_pretrained``'s quantization_config for ``model.quantization`` (QLoRA: the frozen
+    LLM in 4 or 8 bit, everything else as loaded); an error where it cannot work."""
+    if cfg.quantization is None:
+        return {}
+    if not cfg.backbone.freeze:
+        raise ValueError(
+            f"model.quantization {cfg.quantization!r} quantises the LLM, which then cannot be trained: "
+            "set model.backbone.freeze: true and tune it with a LoRA strategy (QLoRA)"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+        missing = "bitsandbytes is not installed" if torch.cuda.is_available() else "no CUDA GPU is visible"
+        raise ValueError(
+            f"model.quantization {cfg.quantization!r} needs bitsandbytes on a CUDA GPU, but {missing} "
+            '(`pip install -e ".[qlora]"` on a GPU machine)'
+        )
+    from transformers import BitsAndBytesConfig
+
+    keep = ["lm_head", *(part.rsplit(".", 1)[-1] for part in FAMILIES[model_type].values())]
+    if cfg.quantization == "8bit":
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)}
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=keep,
+        )
+    }
 
 
 def _cast_inputs_to_parameters(module: nn.Module, args: tuple) -> tuple:
