@@ -26,13 +26,19 @@ import matplotlib.pyplot as plt
 VARIANTS = {
     "batch": ({"fisher": "batch", "normalise": False}, [1e10, 1e11, 1e12, 1e13]),
     "sample": ({"fisher": "sample", "normalise": False}, [1e9, 1e10, 1e11, 1e12]),
-    "sample_normalised": ({"fisher": "sample", "normalise": True}, [0.01, 0.1, 1.0, 10.0, 100.0]),
+    "sample_normalised": ({"fisher": "sample", "normalise": True}, [0.01, 0.1, 1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4]),
 }
 METRICS = [("acc", "ACC"), ("bwt", "BWT"), ("mft", "MFT")]
 
 
 def run_dir(root: Path, variant: str, ewc_lambda: float) -> Path:
     return root / f"{variant}_{ewc_lambda:g}"
+
+
+def finished(out: Path) -> bool:
+    file = out / "results.json"
+    results = json.loads(file.read_text()) if file.is_file() else {}
+    return results.get("stages_completed", -1) == len(results.get("tasks", []))
 
 
 def fit(out: Path, args: dict, ewc_lambda: float) -> None:
@@ -56,9 +62,9 @@ def main() -> None:
     for variant, (init_args, lambdas) in VARIANTS.items():
         for ewc_lambda in lambdas:
             out = run_dir(args.root, variant, ewc_lambda)
-            if not args.plot_only and not (out / "results.json").is_file():
+            if not args.plot_only and not finished(out):
                 fit(out, init_args, ewc_lambda)
-            if (out / "results.json").is_file():
+            if finished(out):
                 metrics = json.loads((out / "results.json").read_text())["metrics"]
                 results.setdefault(variant, []).append((ewc_lambda, metrics))
 

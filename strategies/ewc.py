@@ -64,7 +64,8 @@ class EWC(Strategy):
         fisher_batches: training batches (per rank) the Fisher is estimated from.
         fisher: ``sample`` (mean of per-sample squared gradients) or ``batch`` (mean of
             squared batch gradients).
-        normalise: scale each task's Fisher to mean 1.
+        normalise: scale each task's Fisher to mean 1 (the defaults, λ = 1000 on a
+            normalised sample Fisher, gave the best ACC of the README's sweep).
     """
 
     # Each copy keeps its own Fishers and adds its own penalty (e.g. two modes or lambdas).
@@ -77,7 +78,7 @@ class EWC(Strategy):
         decay: float | None = None,
         fisher_batches: int = 50,
         fisher: Literal["sample", "batch"] = "sample",
-        normalise: bool = False,
+        normalise: bool = True,
     ) -> None:
         if decay is not None and mode != "online":
             raise ValueError(f"EWC.decay ({decay}) applies to mode 'online' only; mode is {mode!r}")
