@@ -6,7 +6,8 @@ trainable weight (float32). Sharding divides what it shards by the number of pro
 ``deepspeed_stage_2`` the gradients and optimizer state, ``fsdp`` and
 ``deepspeed_stage_3`` the weights as well. Activations are not counted (they depend on
 batch, sequence length and gradient checkpointing), nor the adapters or projectors a
-strategy adds at each stage (small next to the model).
+strategy adds at each stage (small next to the model); an ``_offload`` strategy's state
+moved to the CPU is still counted on the device.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 from contmm.model.components import ComponentModel
 
 FLOAT32 = 4
-# What each Lightning strategy shards over the processes: (weights, gradients + optimizer).
+# What each Lightning strategy (by name prefix, so *_offload variants too) shards over the
+# processes: (weights, gradients + optimizer state).
 SHARDED = {"fsdp": (True, True), "deepspeed_stage_3": (True, True), "deepspeed_stage_2": (False, True)}
 
 
@@ -63,7 +65,9 @@ def estimate(model: ComponentModel, trainable: Iterable[str], trainer: dict) -> 
             trained += tensor.numel() if name in trainable else 0
     strategy = str(trainer.get("strategy") or "auto")
     processes = _processes(trainer)
-    shard_weights, shard_state = SHARDED.get(strategy, (False, False))
+    shard_weights, shard_state = next(
+        (sharded for prefix, sharded in SHARDED.items() if strategy.startswith(prefix)), (False, False)
+    )
     state_share = processes if shard_state else 1
     return MemoryEstimate(
         parameters=parameters,
