@@ -26,7 +26,10 @@ import matplotlib.pyplot as plt
 VARIANTS = {
     "batch": ({"fisher": "batch", "normalise": False}, [1e10, 1e11, 1e12, 1e13]),
     "sample": ({"fisher": "sample", "normalise": False}, [1e9, 1e10, 1e11, 1e12]),
-    "sample_normalised": ({"fisher": "sample", "normalise": True}, [0.01, 0.1, 1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4]),
+    "sample_normalised": (
+        {"fisher": "sample", "normalise": True},
+        [0.01, 0.1, 1.0, 10.0, 100.0, 300.0, 1e3, 3e3, 1e4],
+    ),
 }
 METRICS = [("acc", "ACC"), ("bwt", "BWT"), ("mft", "MFT")]
 
