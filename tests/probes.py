@@ -71,6 +71,9 @@ class InterruptInTask(Strategy):
 
     def penalty(self, model, batch, outputs):
         if os.environ.get("CONTMM_INTERRUPT_AT_TASK") == str(self.task_id):
+            # A process started in the background by a non-interactive shell ignores SIGINT
+            # (as the test suite's is, run with `&`); a user's terminal delivers it.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             os.kill(os.getpid(), signal.SIGINT)
 
 
