@@ -32,14 +32,12 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from common import alternating_rounds, quiet_lightning
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
-from torch.utils.data import DataLoader
-from train_throughput import StepTimer
+from train_throughput import synchronize, train_lightning, train_plain
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
@@ -52,9 +50,6 @@ from transformers import (
 
 from contmm.model import BackboneConfig, EncoderConfig, ModelConfig, PretrainedMMLLM, ProjectorConfig
 from contmm.model.collate import model_inputs
-from contmm.module import ContinualModule, EvalConfig
-from contmm.optimizer import OptimizerConfig, build_optimizer
-from contmm.strategy import Strategies
 from strategies.lora import LoRA
 
 SHAPES = {
@@ -161,41 +156,6 @@ def model_flops(model: PretrainedMMLLM, batch: dict) -> float:
     return tower + projector + 2 * (llm_forward + attention_forward)
 
 
-def train_contmm(model, batches, warmup, precision) -> float:
-    module = ContinualModule(model, Strategies([]), OptimizerConfig(), EvalConfig(), num_tasks=1)
-    module.task_id = 0
-    timer = StepTimer(warmup)
-    trainer = L.Trainer(
-        accelerator="auto", devices=1, precision=precision, max_steps=len(batches), logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False, callbacks=[timer],
-    )  # fmt: skip
-    trainer.fit(module, DataLoader(batches, batch_size=None, shuffle=False))
-    return timer.end - timer.start
-
-
-def train_plain(model, batches, warmup, device, autocast) -> float:
-    model.to(device).train()
-    optimizer, scheduler = build_optimizer(model, OptimizerConfig(), len(batches))
-    for step, batch in enumerate(batches):
-        if step == warmup:
-            synchronize(device)
-            start = time.perf_counter()
-        with autocast():
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (what CI runs)")
@@ -250,8 +210,9 @@ def main() -> None:
     )
 
     timed = (args.steps - args.warmup) * args.batch_size
+    precision = "bf16-mixed" if on_gpu else "32-true"
     sides = {
-        "contmm": lambda: measure(device, lambda: train_contmm(model, batches, args.warmup, "bf16-mixed" if on_gpu else "32-true")),
+        "contmm": lambda: measure(device, lambda: train_lightning(model, batches, args.warmup, None, "auto", precision)),
         "plain": lambda: measure(device, lambda: train_plain(model, batches, args.warmup, device, autocast)),
     }  # fmt: skip
     rates, peaks = {name: [] for name in sides}, {name: 0.0 for name in sides}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from contextlib import nullcontext
 
 import lightning as L
 import torch
@@ -27,6 +28,8 @@ from contmm.model import MMLLM
 from contmm.module import ContinualModule, EvalConfig
 from contmm.optimizer import OptimizerConfig, build_optimizer
 from contmm.strategy import Strategies
+
+CPU = torch.device("cpu")
 
 
 class StepTimer(L.Callback):
@@ -44,7 +47,12 @@ class StepTimer(L.Callback):
 
 
 def train_lightning(
-    model: MMLLM, batches: list[dict], warmup: int, strategies: Strategies | None = None
+    model: MMLLM,
+    batches: list[dict],
+    warmup: int,
+    strategies: Strategies | None = None,
+    accelerator: str = "cpu",
+    precision: str = "32-true",
 ) -> float:
     """Seconds of the timed steps of a Trainer fit (task 0, so strategy penalties apply)."""
     module = ContinualModule(
@@ -53,7 +61,7 @@ def train_lightning(
     module.task_id = 0
     timer = StepTimer(warmup)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=len(batches), logger=False,
+        accelerator=accelerator, devices=1, precision=precision, max_steps=len(batches), logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         use_distributed_sampler=False, callbacks=[timer],
     )  # fmt: skip
@@ -61,19 +69,31 @@ def train_lightning(
     return timer.end - timer.start
 
 
-def train_plain(model: MMLLM, batches: list[dict], warmup: int) -> float:
-    """The same optimisation (the module's own optimizer and schedule), a hand-written loop."""
+def train_plain(
+    model: MMLLM, batches: list[dict], warmup: int, device: torch.device = CPU, autocast=nullcontext
+) -> float:
+    """The same optimisation (the module's own optimizer and schedule), a hand-written loop;
+    ``autocast`` gives the precision context of each forward."""
+    model.to(device).train()
     optimizer, scheduler = build_optimizer(model, OptimizerConfig(), len(batches))
-    model.train()
     for step, batch in enumerate(batches):
         if step == warmup:
+            synchronize(device)
             start = time.perf_counter()
-        loss = model(**batch).loss
+        with autocast():
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         scheduler.step()
+    synchronize(device)
     return time.perf_counter() - start
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so that a timer reads when it is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def max_param_diff(a: MMLLM, b: MMLLM) -> float:

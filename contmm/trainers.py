@@ -43,16 +43,16 @@ def check_sharded_strategy(settings: dict[str, Any]) -> None:
             'not depend on it): `pip install -e ".[deepspeed]"`, on a machine with a CUDA GPU'
         )
     accelerator = settings.get("accelerator", "auto")
-    if accelerator not in ("auto", "cuda", "gpu") or not torch.cuda.is_available():
-        where = (
-            f"trainer.accelerator is {accelerator!r}"
-            if accelerator not in ("auto", "cuda", "gpu")
-            else "no CUDA GPU is visible"
-        )
-        raise ValueError(
-            f"trainer.strategy {strategy!r} shards the model over CUDA GPUs (Lightning runs FSDP and "
-            f"DeepSpeed on GPUs only), but {where}: use strategy ddp (or auto) here"
-        )
+    if accelerator not in ("auto", "cuda", "gpu"):
+        where = f"trainer.accelerator is {accelerator!r}"
+    elif not torch.cuda.is_available():
+        where = "no CUDA GPU is visible"
+    else:
+        return
+    raise ValueError(
+        f"trainer.strategy {strategy!r} shards the model over CUDA GPUs (Lightning runs FSDP and "
+        f"DeepSpeed on GPUs only), but {where}: use strategy ddp (or auto) here"
+    )
 
 
 def fit_ends_after_this_epoch(trainer: L.Trainer) -> bool:

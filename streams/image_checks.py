@@ -16,7 +16,6 @@ JPEG's pixel data is then first read in training, where a corrupt one stops the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -55,8 +54,7 @@ class ImageChecks:
     def __init__(self, check: ImageCheck) -> None:
         self.check = check
         self.problems: dict[Path, str | None] = {}
-        digest = hashlib.sha256(check.encode()).hexdigest()[:12]
-        self.cache_file = cache_dir() / f"image_checks_{digest}.json"
+        self.cache_file = cache_dir() / f"image_checks_{check}.json"  # one per kind of check
         self.cached = self._read_cache()  # {path: [size, mtime_ns, problem]}
 
     def run(self, paths: list[Path]) -> None:
