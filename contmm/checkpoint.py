@@ -35,6 +35,8 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from contmm.model import ComponentModel
 
 CHECKPOINTS = "checkpoints"
+# The settings a resume may change; any other difference from the run's config is refused.
+MAY_DIFFER_ON_RESUME = ("resume", "output_dir", "trainer.strategy")
 # What a resume reads from state.json: the matrix (ScoreMatrix.state_dict) and the rest.
 STATE_KEYS = ("stage", "matrix", "lenient_matrix", "reports", "trained_steps", "config")
 
@@ -228,9 +230,10 @@ def check_kept(run_path: Path, newest: Path | None, stages_completed: object) ->
 
 def config_difference(saved: dict, current: dict, prefix: str = "") -> str | None:
     """The first setting where two resolved configs differ, as 'key: saved there, current
-    now', or None. ``resume`` and ``output_dir`` (a moved run directory) may differ."""
+    now', or None. ``resume``, ``output_dir`` (a moved run directory) and
+    ``trainer.strategy`` may differ: ddp and fsdp2 train the same weights (tests/test_sharding.py)."""
     for key in sorted(set(saved) | set(current)):
-        if not prefix and key in ("resume", "output_dir"):
+        if f"{prefix}{key}" in MAY_DIFFER_ON_RESUME:
             continue
         a, b = saved.get(key, "<unset>"), current.get(key, "<unset>")
         if isinstance(a, dict) and isinstance(b, dict):

@@ -16,6 +16,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 from contmm.distributed import all_gather_objects
 from contmm.evaluation import Evaluation, TaskScores
@@ -35,6 +36,7 @@ from contmm.model.generator import to_images
 from contmm.optimizer import OptimizerConfig, build_optimizer
 from contmm.scoring import score
 from contmm.settings import check_at_least
+from contmm.sharding import FSDP2Strategy, ShardedCopy
 from contmm.strategy import Strategies
 
 
@@ -89,6 +91,7 @@ class ContinualModule(L.LightningModule):
         self._clip: ClipScore | None = None
         self.scores = TaskScores(num_tasks)
         self.result: Evaluation | None = None  # of the latest evaluation
+        self._sharded: ShardedCopy | None = None  # the fit's sharded copy under fsdp2
 
     # -- training -------------------------------------------------------------------------
 
@@ -122,7 +125,20 @@ class ContinualModule(L.LightningModule):
         # (Lightning's test loop switches to eval mode for evaluation and back.)
         self.model.train()
 
+    def configure_model(self) -> None:
+        # Lightning calls it at the start of every fit and test; only a fit under fsdp2
+        # trains a sharded copy (contmm.sharding), evaluation decodes with the whole model.
+        if (
+            isinstance(self.trainer.strategy, FSDP2Strategy)
+            and self.trainer.state.fn == TrainerFn.FITTING
+            and self._sharded is None
+        ):
+            self._sharded = ShardedCopy(self.model, self.device_mesh["data_parallel"])
+            self.model = self._sharded.module
+
     def on_train_end(self) -> None:
+        if self._sharded is not None:
+            self.model, self._sharded = self._sharded.restore(), None
         # Still on the training device and inside the process group, as after_task needs.
         if self.task_id is not None:
             self.strategies.after_task(self.model, self.task_id, self.trainer.train_dataloader)

@@ -38,6 +38,7 @@ from contmm.optimizer import OptimizerConfig
 from contmm.results import RunDirectory, summary_table
 from contmm.rundata import load_run
 from contmm.settings import check_at_least, check_positive, check_seed
+from contmm.sharding import STRATEGY_NAME as SHARDED_STRATEGY
 from contmm.strategy import Strategies, Strategy
 from contmm.stream import Task, TaskStream
 from contmm.trainers import StageTrainers, run_loggers
@@ -126,6 +127,13 @@ class ContinualRun:
         self.trainers = StageTrainers(trainer or {}, self.run)
         # Before the model too: a strategy listed twice that cannot be is refused here.
         self.strategies = Strategies(strategies)
+        if self.trainers.settings.get("strategy") == SHARDED_STRATEGY:
+            self.strategies.check_sharded(SHARDED_STRATEGY)
+            if model.quantization:
+                raise ValueError(
+                    f"model.quantization {model.quantization!r} and trainer.strategy {SHARDED_STRATEGY!r}: "
+                    "quantised weights cannot be sharded; use ddp"
+                )
         self.model = build_model(model, stream.texts())
         self.inputs = run_inputs(stream, self.model.tokenizer)
         # After the tokenizer and the inputs' fingerprint, which cover the held-out tasks too.

@@ -10,7 +10,9 @@ Where each hook runs:
 - ``before_task``: before stage ``task_id`` is fit, after the config's trainability is
   applied; add an adapter or a projector, change what is trainable.
 - ``train_data``: the stage's training set, e.g. with replay memory mixed in.
-- ``penalty``: inside every training step; a scalar added to the LM loss, or None.
+- ``penalty``: inside every training step; a scalar added to the LM loss, or None. Under
+  ``fsdp2`` the model's weights are shards there (see ``runs_sharded``); every other hook
+  sees the whole model.
 - ``after_task``: at the end of the stage's fit, on the training device, with the stage's
   training dataloader (a shard of it under DDP: all-reduce what you compute).
 - ``eval_context``: around the evaluation of each batch of task ``task_id`` (adapter /
@@ -48,6 +50,11 @@ class Strategy:
     """
 
     once_per_run = True
+    # Under ``trainer.strategy: fsdp2`` ``penalty`` gets the model with its weights sharded
+    # (torch DTensors; ``contmm.sharding.whole`` / ``local`` read them, as O-LoRA and EWC
+    # do); a strategy whose penalty has not been made and checked to work on shards sets it
+    # to False, and is refused there.
+    runs_sharded = True
 
     def setup(self, model: MMLLM, stream: TaskStream) -> None:
         pass
@@ -93,6 +100,14 @@ class Strategies(Strategy):
                     "(a second copy would act again on what the first did); list it once"
                 )
         self.strategies = list(strategies)
+
+    def check_sharded(self, sharding: str) -> None:
+        """Refuse, before the model is built, strategies that cannot run under ``sharding``."""
+        if refused := [s.name for s in self.strategies if not s.runs_sharded]:
+            raise ValueError(
+                f"strategies {refused} cannot run under trainer.strategy {sharding!r}: their penalty "
+                "reads whole weights, which are sharded there; use trainer.strategy ddp"
+            )
 
     def setup(self, model, stream):
         for s in self.strategies:

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from contmm.results import RunDirectory
+from contmm.sharding import STRATEGY_NAME
 
 
 def run_loggers(run: RunDirectory, version: str) -> list[Logger]:
@@ -31,13 +32,22 @@ def run_loggers(run: RunDirectory, version: str) -> list[Logger]:
 
 
 def check_sharded_strategy(settings: dict[str, Any]) -> None:
-    """Stop on a sharded strategy this machine cannot run, before the model is built:
-    Lightning finds out only when the first Trainer is made. Lightning runs FSDP and
-    DeepSpeed on CUDA GPUs only."""
+    """Stop on a sharded strategy contmm or this machine cannot run, before the model is
+    built: Lightning finds out only when the first Trainer is made. contmm shards with
+    FSDP2 (``fsdp2``, ``contmm/sharding.py``; on GPUs or the CPU); Lightning runs DeepSpeed
+    on CUDA GPUs only."""
     strategy = settings.get("strategy")
-    if not isinstance(strategy, str) or not strategy.startswith(("fsdp", "deepspeed")):
+    if not isinstance(strategy, str) or strategy == STRATEGY_NAME:
         return
-    if strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+    if strategy.startswith("fsdp"):
+        raise ValueError(
+            f"trainer.strategy {strategy!r} is Lightning's FSDP1, whose flat parameters contmm's "
+            f"continual loop does not handle: use trainer.strategy {STRATEGY_NAME} (FSDP2; parameters, "
+            "gradients and AdamW state sharded)"
+        )
+    if not strategy.startswith("deepspeed"):
+        return
+    if importlib.util.find_spec("deepspeed") is None:
         raise ValueError(
             f"trainer.strategy {strategy!r} needs DeepSpeed, which is not installed (contmm does "
             'not depend on it): `pip install -e ".[deepspeed]"`, on a machine with a CUDA GPU'
@@ -50,8 +60,8 @@ def check_sharded_strategy(settings: dict[str, Any]) -> None:
     else:
         return
     raise ValueError(
-        f"trainer.strategy {strategy!r} shards the model over CUDA GPUs (Lightning runs FSDP and "
-        f"DeepSpeed on GPUs only), but {where}: use strategy ddp (or auto) here"
+        f"trainer.strategy {strategy!r} shards the model over CUDA GPUs (Lightning runs DeepSpeed "
+        f"on GPUs only), but {where}: use strategy {STRATEGY_NAME} or ddp here"
     )
 
 

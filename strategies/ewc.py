@@ -19,6 +19,9 @@ times smaller than the next one (fit under the penalty, whose pull leaves the lo
 non-zero), and a λ that protects the first freezes everything after the second (the
 README's EWC study). Normalised, λ weighs every task alike.
 
+Under ``trainer.strategy: fsdp2`` the Fisher is computed on the whole model after the fit
+(as under DDP) and the penalty on each rank's shards of the weights.
+
 Modes: ``separate`` keeps one (Fisher, anchor) pair per past task; ``online`` (Schwarz et
 al. 2018) keeps one running Fisher, decayed by ``decay`` each task, anchored at the latest
 weights.
@@ -30,9 +33,11 @@ from typing import Literal
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from torch.distributed.tensor import DTensor
 
 from contmm.distributed import all_reduce_sum
 from contmm.image_scoring import generates_images
+from contmm.sharding import local, local_part, summed_over_shards
 from contmm.strategy import Strategy
 
 
@@ -109,16 +114,20 @@ class EWC(Strategy):
         if self._terms is None:
             params = dict(model.named_parameters())
             # .to: a resumed run loads the Fisher on the CPU, the model may be on a GPU.
+            # local_part: under fsdp2 each rank pays for its own shards of the weights.
             self._terms = [
-                (params[name], fisher[name].to(params[name].device), anchor[name].to(params[name].device))
+                (p, local_part(fisher[name].to(p.device), p), local_part(anchor[name].to(p.device), p))
                 for fisher, anchor in zip(self.fishers, self.anchors)
                 for name in fisher
-                if name in params and params[name].requires_grad
+                if (p := params.get(name)) is not None and p.requires_grad
             ]
         if not self._terms:
             return None
         params, fishers, anchors = zip(*self._terms)
-        return 0.5 * self.ewc_lambda * _FisherQuadratic.apply(fishers, anchors, *params)
+        value = _FisherQuadratic.apply(fishers, anchors, *map(local, params))
+        if isinstance(params[0], DTensor):
+            value = summed_over_shards(value)
+        return 0.5 * self.ewc_lambda * value
 
     def after_task(self, model, task_id, dataloader) -> None:
         fisher = self.fisher(model, dataloader)

@@ -41,6 +41,10 @@ class LwF(Strategy):
         temperature: softening of both distributions (Hinton et al.'s T; LwF uses 2).
     """
 
+    # Its teacher is a functional_call over the model with the previous weights swapped in,
+    # which FSDP's own unsharding would overwrite.
+    runs_sharded = False
+
     def __init__(self, alpha: float = 1.0, temperature: float = 2.0) -> None:
         if alpha < 0 or temperature <= 0:
             raise ValueError(f"LwF: alpha must be >= 0 and temperature > 0, got {alpha} and {temperature}")

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import torch
 from peft import PeftModel
 
+from contmm.sharding import whole
 from strategies.lora_per_task import LLM_PROJECTIONS, LoRAPerTask
 
 
@@ -31,7 +32,7 @@ def lora_layers(lm) -> list:
 def orthogonality(lm, new: str, earlier: Sequence[str]) -> torch.Tensor:
     """Σ over LoRA layers and earlier adapters of ‖A_i A_newᵀ‖²_F."""
     terms = [
-        (layer.lora_A[old].weight @ layer.lora_A[new].weight.T).pow(2).sum()
+        (whole(layer.lora_A[old].weight) @ whole(layer.lora_A[new].weight).T).pow(2).sum()
         for layer in lora_layers(lm)
         for old in earlier
     ]
@@ -77,7 +78,7 @@ class OLoRA(LoRAPerTask):
             terms.append(self.orth_lambda * orthogonality(lm, self.task, earlier))
         if self.l2_lambda:
             new = [p for n, p in lm.named_parameters() if f".{self.task}." in n]
-            terms.append(self.l2_lambda * torch.stack([p.pow(2).sum() for p in new]).sum())
+            terms.append(self.l2_lambda * torch.stack([whole(p).pow(2).sum() for p in new]).sum())
         return torch.stack(terms).sum() if terms else None
 
     @contextmanager

@@ -31,3 +31,27 @@ def write_json(path: Path, records, lines: bool = False) -> str:
     text = "".join(json.dumps(r) + "\n" for r in records) if lines else json.dumps(records, indent=1)
     path.write_text(text)
     return str(path)
+
+
+def coin_files(root) -> list[dict]:
+    """Two tasks' train and test files, images under root/cl_dataset."""
+    for colour in COLOURS:
+        write_image(root / "cl_dataset" / f"{colour}.png", colour, size=32)
+    tasks = []
+    for name, question in (("scienceqa", "what colour is it ?"), ("textvqa", "name the colour .")):
+        train = [
+            conversation(f"{name}-{i}", f"{c}.png", f"<image>\n{question}", c)
+            for i, c in enumerate(list(COLOURS) * 4)
+        ]
+        test = [coin(f"{name}-q{i}", f"{c}.png", question, [c, c, c]) for i, c in enumerate(COLOURS)]
+        folder = root / "playground" / name
+        folder.mkdir(parents=True)
+        tasks.append(
+            {
+                "name": name,
+                "train": write_json(folder / "train.json", train),
+                "test": write_json(folder / "test.json", test),
+                "scorer": "vqa_accuracy",
+            }
+        )
+    return tasks

@@ -99,19 +99,41 @@ def test_a_deepspeed_strategy_without_deepspeed_stops_before_the_model_is_built(
     assert not (tmp_path / "results.json").exists()
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed_stage_2"])
-def test_a_sharded_strategy_on_the_cpu_stops_before_the_model_is_built(
-    capsys, tmp_path, monkeypatch, strategy
-):
+def never_build(monkeypatch) -> None:
     def build(*args, **kwargs):
         raise AssertionError("the model was built")
 
     monkeypatch.setattr(runner, "build_model", build)
+
+
+def test_deepspeed_on_the_cpu_stops_before_the_model_is_built(capsys, tmp_path, monkeypatch):
+    never_build(monkeypatch)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # as if DeepSpeed were there
-    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(tmp_path), "--trainer.strategy", strategy)
+    message = fit_error(
+        capsys, *TINY_RUN, "--output_dir", str(tmp_path), "--trainer.strategy", "deepspeed_stage_2"
+    )
     assert message.splitlines()[0] == (
-        f"contmm: error: trainer.strategy {strategy!r} shards the model over CUDA GPUs (Lightning runs "
-        "FSDP and DeepSpeed on GPUs only), but trainer.accelerator is 'cpu': use strategy ddp (or auto) here"
+        "contmm: error: trainer.strategy 'deepspeed_stage_2' shards the model over CUDA GPUs (Lightning "
+        "runs DeepSpeed on GPUs only), but trainer.accelerator is 'cpu': use strategy fsdp2 or ddp here"
+    )
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp_cpu_offload"])
+def test_lightnings_fsdp1_is_refused_with_fsdp2_named(capsys, tmp_path, monkeypatch, strategy):
+    never_build(monkeypatch)
+    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(tmp_path), "--trainer.strategy", strategy)
+    first_line = message.splitlines()[0]
+    assert first_line.startswith(f"contmm: error: trainer.strategy {strategy!r} is Lightning's FSDP1")
+    assert "use trainer.strategy fsdp2" in first_line
+
+
+def test_lwf_is_refused_under_fsdp2(capsys, tmp_path, monkeypatch):
+    never_build(monkeypatch)
+    args = ["--config", "experiments/lwf.yaml", "--output_dir", str(tmp_path), "--trainer.strategy", "fsdp2"]
+    message = fit_error(capsys, *TINY_RUN, *args)
+    assert message.splitlines()[0] == (
+        "contmm: error: strategies ['LwF'] cannot run under trainer.strategy 'fsdp2': their penalty "
+        "reads whole weights, which are sharded there; use trainer.strategy ddp"
     )
 
 

@@ -113,6 +113,25 @@ def test_set_trainable_freezes_every_other_component(model):
         model.set_trainable(["projector"])
 
 
+def test_a_trained_encoder_leaves_frozen_what_the_features_read_do_not_depend_on(stream):
+    """LLaVA reads the penultimate layer: the last layer and the pooled output's norm get no
+    gradient, and a trainable parameter without one stops DDP at its second step."""
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, feature_layer=-2))
+    cfg.encoder.config["num_hidden_layers"] = 2
+    model = MMLLM.build(cfg, stream.texts())
+    model.set_trainable(["encoder", "input_projector", "backbone"])
+    batch = InstructionCollator(model, train=True)([stream.tasks[0].train[i] for i in range(4)])
+    model(**batch).loss.backward()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith(("encoder.tower.post_layernorm.", "encoder.tower.encoder.layers.1."))
+    }
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_a_checkpoint_that_ships_its_own_code_is_refused_unless_trusted(model, stream, tmp_path):
     """trust_remote_code is off by default: a repository's own modelling code never runs."""
     marker = tmp_path / "code_ran"

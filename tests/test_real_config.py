@@ -8,33 +8,9 @@ import pytest
 
 from contmm.cli import main
 from tests.checkpoints import save_checkpoint
-from tests.llava_files import COLOURS, coin, conversation, write_image, write_json
+from tests.llava_files import coin_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_repo")]
-
-
-def coin_files(root) -> list[dict]:
-    """Two tasks' train and test files, images under root/cl_dataset."""
-    for colour in COLOURS:
-        write_image(root / "cl_dataset" / f"{colour}.png", colour, size=32)
-    tasks = []
-    for name, question in (("scienceqa", "what colour is it ?"), ("textvqa", "name the colour .")):
-        train = [
-            conversation(f"{name}-{i}", f"{c}.png", f"<image>\n{question}", c)
-            for i, c in enumerate(list(COLOURS) * 4)
-        ]
-        test = [coin(f"{name}-q{i}", f"{c}.png", question, [c, c, c]) for i, c in enumerate(COLOURS)]
-        folder = root / "playground" / name
-        folder.mkdir(parents=True)
-        tasks.append(
-            {
-                "name": name,
-                "train": write_json(folder / "train.json", train),
-                "test": write_json(folder / "test.json", test),
-                "scorer": "vqa_accuracy",
-            }
-        )
-    return tasks
 
 
 def test_the_llava15_coin_config_runs_on_a_tiny_llava_checkpoint(tmp_path):

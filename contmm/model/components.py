@@ -32,6 +32,10 @@ class ComponentModel(nn.Module):
     # Whether the input projector maps each image's tokens on their own (a batch of images
     # in, the same batch out), so that a sample's image can be sent to a projector of its own.
     per_image_projector = True
+    # Parameters the loss never reaches (ids), kept frozen whatever is trained: a trainable
+    # parameter without a gradient stops DDP at its second step ("parameters that were not
+    # used in producing the loss") and, in a one-step fit, leaves gradients unreduced.
+    unused_parameters: frozenset[int] = frozenset()
 
     def components(self) -> dict[str, nn.Module]:
         raise NotImplementedError
@@ -58,4 +62,4 @@ class ComponentModel(nn.Module):
         for name in known:
             for tensor in self.component_tensors(name):
                 if isinstance(tensor, nn.Parameter):
-                    tensor.requires_grad_(name in components)
+                    tensor.requires_grad_(name in components and id(tensor) not in self.unused_parameters)
