@@ -133,9 +133,9 @@ def local(param: torch.Tensor) -> torch.Tensor:
 
 
 def summed_over_shards(value: torch.Tensor) -> torch.Tensor:
-    """A sum over this rank's shards, given the value of the sum over all of them. Its
-    gradient stays this rank's: each rank's shards get their own part of the gradient
-    (FSDP's reduce-scatter averages the loss's gradient alone)."""
+    """``value``, a sum over this rank's shards, with the value of the sum over every rank's
+    and the gradient of this rank's part alone: each rank's shards get exactly their part
+    of the gradient (FSDP averages over ranks the gradient of the loss, not of this)."""
     total = value.detach().clone()
     dist.all_reduce(total)
     return value + (total - value.detach())
