@@ -5,12 +5,16 @@ so the weights each trains must agree to float rounding: any weight that is not 
 not gathered back, or trained twice shows up as a difference."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from tests.checkpoints import save_checkpoint
-from tests.helpers import TINY_RUN, run_fit
+from tests.helpers import REPO, TINY_RUN, run_fit
 from tests.llava_files import coin_files
 
 pytestmark = pytest.mark.slow
@@ -60,28 +64,40 @@ def test_fsdp2_trains_what_ddp_trains_with_the_parameters_a_strategy_adds(tmp_pa
     assert predictions(runs["ddp"]) == predictions(runs["fsdp2"])
 
 
-def test_a_ddp_run_resumed_under_fsdp2_gives_ddps_replay_ewc_stage(tmp_path):
-    """Replay + EWC: stopped before task 1 under DDP and resumed under FSDP2, the last stage
-    (trained with EWC's penalty on shards, then its Fisher on the gathered model) is DDP's."""
+def test_a_stage_killed_under_fsdp2_resumes_under_fsdp2_or_ddp_to_ddps_replay_ewc_run(tmp_path):
+    """Replay + EWC, SIGKILLed in the second epoch of the last stage under FSDP2: resumed
+    from Lightning's in-progress checkpoint (written whole by FSDP2) under FSDP2 and under
+    DDP, both end with the uninterrupted DDP run's weights, Fisher and predictions; the
+    FSDP2 one trains with EWC's penalty on shards."""
     strategies = (
         "[{class_path: strategies.replay.Replay, init_args: {memory_size: 8}},"
         " {class_path: strategies.ewc.EWC, init_args: {fisher_batches: 2}},"
-        " {class_path: tests.probes.CrashBeforeTask}]"
+        " {class_path: tests.probes.KillAt}]"
     )
-    whole, resumed = tmp_path / "ddp", tmp_path / "resumed"
-    done = fit(whole, "ddp", "--strategies", strategies)
+    args = ["--strategies", strategies, "--trainer.enable_checkpointing", "true"]
+    whole, killed = tmp_path / "ddp", tmp_path / "killed"
+    done = fit(whole, "ddp", *args)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    killed = fit(resumed, "ddp", "--strategies", strategies, CONTMM_CRASH_AT_TASK="1")
-    assert killed.returncode != 0 and "injected crash before task 1" in killed.stderr
-    done = fit(resumed, "fsdp2", "--strategies", strategies)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("resuming after stage 1 of 2") == 1
+    command = [sys.executable, "-m", "contmm.cli", "fit", *TWO_PROCESSES, *args]
+    command += ["--output_dir", str(killed), "--trainer.strategy", "fsdp2"]
+    env = {**os.environ, **ONE_THREAD, "CONTMM_KILL_AT": "mid_epoch"}
+    # Its own process group, which KillAt kills (both ranks).
+    dead = subprocess.run(
+        command, cwd=REPO, env=env, start_new_session=True, capture_output=True, check=False
+    )
+    assert dead.returncode == -9, dead.stderr[-2000:]
+    assert (killed / "checkpoints/stage_2_in_progress/last.ckpt").is_file()
+    (killed / ".contmm-lock").unlink()  # a kill leaves it; contmm says so and never steals it
 
-    assert_same_stage(whole, resumed, 2, atol=1e-6)
-    assert predictions(whole) == predictions(resumed)
-    results = json.loads((resumed / "results.json").read_text())
-    assert results["config"]["trainer"]["strategy"] == "fsdp2"
+    for strategy in ("fsdp2", "ddp"):
+        resumed = tmp_path / f"resumed_under_{strategy}"
+        shutil.copytree(killed, resumed)
+        done = fit(resumed, strategy, *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "stage 2 goes on from" in done.stdout
+        assert_same_stage(whole, resumed, 2, atol=1e-6)
+        assert predictions(whole) == predictions(resumed)
 
 
 def test_the_llava15_coin_config_trains_ddps_adapters_under_fsdp2(tmp_path):
