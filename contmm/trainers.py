@@ -47,6 +47,13 @@ def check_sharded_strategy(settings: dict[str, Any]) -> None:
         )
     if not strategy.startswith("deepspeed"):
         return
+    if strategy.startswith("deepspeed_stage_3"):
+        # Outside its forward a ZeRO-3 weight is an empty placeholder, and contmm reads the
+        # weights between fits (checkpoints, EWC's anchors, routing keys).
+        raise ValueError(
+            f"trainer.strategy {strategy!r} partitions the weights, which contmm's continual loop "
+            f"reads between stages: use trainer.strategy {STRATEGY_NAME} (weights sharded too, tested)"
+        )
     if importlib.util.find_spec("deepspeed") is None:
         raise ValueError(
             f"trainer.strategy {strategy!r} needs DeepSpeed, which is not installed (contmm does "

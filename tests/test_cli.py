@@ -84,7 +84,7 @@ def test_an_error_inside_the_run_is_one_message_not_a_traceback(capsys, tmp_path
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="DeepSpeed is installed here")
-@pytest.mark.parametrize("strategy", ["deepspeed", "deepspeed_stage_2", "deepspeed_stage_3_offload"])
+@pytest.mark.parametrize("strategy", ["deepspeed", "deepspeed_stage_2", "deepspeed_stage_2_offload"])
 def test_a_deepspeed_strategy_without_deepspeed_stops_before_the_model_is_built(
     capsys, tmp_path, monkeypatch, strategy
 ):
@@ -116,6 +116,16 @@ def test_deepspeed_on_the_cpu_stops_before_the_model_is_built(capsys, tmp_path, 
         "contmm: error: trainer.strategy 'deepspeed_stage_2' shards the model over CUDA GPUs (Lightning "
         "runs DeepSpeed on GPUs only), but trainer.accelerator is 'cpu': use strategy fsdp2 or ddp here"
     )
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed_stage_3", "deepspeed_stage_3_offload"])
+def test_deepspeed_stage_3_is_refused_with_fsdp2_named(capsys, tmp_path, monkeypatch, strategy):
+    never_build(monkeypatch)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # as if DeepSpeed were there
+    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(tmp_path), "--trainer.strategy", strategy)
+    first_line = message.splitlines()[0]
+    assert first_line.startswith(f"contmm: error: trainer.strategy {strategy!r} partitions the weights")
+    assert "use trainer.strategy fsdp2" in first_line
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "fsdp_cpu_offload"])

@@ -24,9 +24,8 @@ def test_the_estimate_counts_weights_and_the_trainable_parts_gradients_and_adamw
     [
         ({"strategy": "ddp", "devices": 2}, 2, 1, 1),  # DDP: everything on every device
         ({"strategy": "deepspeed_stage_2", "devices": [0, 1], "num_nodes": 2}, 4, 1, 4),
-        ({"strategy": "deepspeed_stage_3", "devices": "0,1"}, 2, 2, 2),
+        ({"strategy": "fsdp2", "devices": "0,1"}, 2, 2, 2),
         ({"strategy": "deepspeed_stage_2_offload", "devices": 2}, 2, 1, 2),
-        ({"strategy": "fsdp", "devices": 2}, 2, 2, 2),
         ({"devices": "auto"}, 1, 1, 1),
     ],
 )
