@@ -5,7 +5,9 @@ decodes) and the outcome kept in a cache file, keyed by the image's path, size a
 modification time: a later build of a stream over the same images (the other DDP ranks,
 which Lightning's launcher starts after rank 0 has built its stream; the next run) checks
 only images that are new or changed. The cache lives in ``$CONTMM_CACHE`` (default
-``~/.cache/contmm``); a cache that cannot be read or written is skipped with a warning.
+``~/.cache/contmm``) and is written once per stream build, at its end (``save``), if any
+image was checked, also when a file's error stops the build: the checks done are kept. A
+cache that cannot be read or written is skipped with a warning.
 
 ``decode`` checks what training does: the whole image decoded and converted to RGB, after
 Pillow's ``verify()`` (which reads PNG checksums that a decoder may skip). ``header`` reads
@@ -49,13 +51,15 @@ def image_problem(path: Path, check: ImageCheck = "decode") -> str | None:
 
 
 class ImageChecks:
-    """``problems``: each image checked so far → why it cannot be used, or None."""
+    """``problems``: each image checked so far → why it cannot be used, or None. ``save()``
+    keeps the new checks in the cache."""
 
     def __init__(self, check: ImageCheck) -> None:
         self.check = check
         self.problems: dict[Path, str | None] = {}
         self.cache_file = cache_dir() / f"image_checks_{check}.json"  # one per kind of check
         self.cached = self._read_cache()  # {path: [size, mtime_ns, problem]}
+        self.unsaved = False  # images checked since the cache was read or saved
 
     def run(self, paths: list[Path]) -> None:
         """Check every image of ``paths`` not checked yet (or found in the cache unchanged)."""
@@ -75,7 +79,13 @@ class ImageChecks:
             for (path, key), problem in zip(todo, found):
                 self.problems[path] = problem
                 self.cached[str(path)] = [*key, problem]
-        self._write_cache()
+                self.unsaved = True
+
+    def save(self) -> None:
+        """Write the cache if an image was checked since it was read (or last saved)."""
+        if self.unsaved:
+            self._write_cache()
+            self.unsaved = False
 
     def _read_cache(self) -> dict:
         if not self.cache_file.is_file():

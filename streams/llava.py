@@ -28,6 +28,12 @@ record stops a run before any training with a message that names the file, the r
 the field. A test answer must keep a word after scoring's normalisation ("the" or "?" do
 not): an empty prediction would match it.
 
+A file is parsed and its records checked once per version of it, not once per run or DDP
+rank: the samples a good file gave are kept in a cache (``streams/stream_cache.py``), from
+which a later build over the unchanged file, with the same settings, loads them. Their
+images are still looked up in the image checks (an image changed since is checked again;
+one missing, moved or broken has the file read anew, which names the records).
+
 A task whose scorer scores images (``clip_score``; see ``contmm/image_scoring.py``) is a
 text-to-image task: both its files hold drawing records, the image being what to draw::
 
@@ -42,6 +48,8 @@ The instruction asks for an image, so it holds no ``<image>`` placeholder.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -49,12 +57,14 @@ from typing import Literal
 
 from torch.utils.data import Dataset
 
+import contmm.scoring
 from contmm.image_scoring import check_scorer, generates_images
 from contmm.images import open_rgb
 from contmm.scoring import extract_choice, normalize
 from contmm.stream import Task, TaskStream, check_task_names
 from contmm.tokenizer import IMAGE_TOKEN
 from streams.image_checks import ImageCheck, ImageChecks
+from streams.stream_cache import StreamCache, code_digest
 
 # Problems listed per file: enough to see a pattern, few enough to read.
 MAX_PROBLEMS = 5
@@ -239,16 +249,19 @@ def _with_image_token(question: str, prepend: bool, field: str) -> str:
     return f"{IMAGE_TOKEN}\n{question}"
 
 
-def _load_records(path: Path, label: str) -> list[tuple[str, object]]:
-    """The records of a JSON list (the file starts with ``[``) or of a JSON-lines file, each
-    with where it is (for messages)."""
+def _read_text(path: Path, label: str) -> str:
     try:
         # utf-8-sig: a byte-order mark, which some editors write, is not a JSON error.
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ValueError(f"{label}: file not found (looked at {path.resolve()})") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{label}: cannot read the file: {error}") from None
+
+
+def _parse_records(text: str, label: str) -> list[tuple[str, object]]:
+    """The records of a JSON list (the text starts with ``[``) or of JSON lines, each with
+    where it is (for messages)."""
     if text.lstrip().startswith("["):
         try:
             records = json.loads(text)
@@ -279,7 +292,9 @@ def _json_lines_error(text: str, label: str, number: int, error: json.JSONDecode
 
 
 class _Reader:
-    """Reads and checks the files of a stream; each image is decoded once, however often it is named."""
+    """Reads and checks the files of a stream; each image is decoded once, however often it is
+    named, and each file parsed once per version of it (``cache``). The caller saves the image
+    checks (``images.save()``) when done."""
 
     def __init__(
         self,
@@ -297,6 +312,9 @@ class _Reader:
         # Each image name resolved once (a dataset names the same image from many records):
         # its path, or why it has none.
         self.resolved: dict[str, Path | RecordError] = {}
+        self.real_folders: dict[str, str] = {}  # a folder of image names → its resolved path
+        # How records are read is in this module; what makes a test answer scorable, in scoring's.
+        self.cache = StreamCache(code_digest(Path(__file__), Path(contmm.scoring.__file__)))
 
     def task(self, files: TaskFiles) -> Task:
         """The task ``files`` name, both splits read and checked."""
@@ -311,16 +329,69 @@ class _Reader:
 
     def read(self, file: str, label: str, test: bool, scorer: str, drawing: bool = False) -> LLaVADataset:
         """The samples of ``file`` (``drawing``: text-to-image records); every bad record (up to
-        :data:`MAX_PROBLEMS`) in one ValueError."""
+        :data:`MAX_PROBLEMS`) in one ValueError. From the cache if the file was read as these
+        settings read it, is unchanged since, and its images still pass their checks."""
+        path, settings = Path(file), self._settings(test, scorer, drawing)
+        kept = self.cache.load(path, settings, lambda: _read_text(path, label))
+        if kept is not None and (samples := self._still_good(*kept)) is not None:
+            return LLaVADataset(samples)
+        stamp = self.cache.stamp(path)  # before reading: a write while it is read makes the entry stale
+        text = _read_text(path, label)
+        images, samples = self._check(text, label, test, scorer, drawing)
+        self.cache.store(path, settings, stamp, text, (images, samples))
+        return LLaVADataset(samples)
+
+    def _settings(self, test: bool, scorer: str, drawing: bool) -> dict:
+        """What decides the samples a file gives, besides its text: its cache entry's key. (Not
+        the kind of image check: the images of a kept read are looked up in the current kind's
+        checks.)"""
+        return {
+            "image_root": str(self.image_root),
+            "max_samples": self.max_samples,
+            "image_token": IMAGE_TOKEN,
+            "test": test,
+            "drawing": drawing,
+            # Test answers are checked for their scorer; a drawing record has no conversation.
+            "scorer": scorer if test and not drawing else None,
+            "require_image_token": None if drawing else self.require_image_token,
+            "followups": self.followups if not (test or drawing) else None,
+        }
+
+    def _still_good(self, images: dict[str, Path], samples: list[Sample]) -> list[Sample] | None:
+        """``samples`` kept from an earlier read, if every image name of theirs (``images``: name
+        → path) still resolves to the same file and every image still passes its check (looked
+        up in the image checks, checked again if changed); None: read the file anew (which names
+        the records of a missing or broken image)."""
+        for name, path in images.items():
+            resolved = self.resolved.get(name)
+            if resolved is None:
+                resolved = self.resolved[name] = self._resolve_again(name, path)
+            if resolved is not path and resolved != path:
+                return None
+        try:
+            self.images.run(list(images.values()))
+        except OSError:  # gone since it was resolved
+            return None
+        if any(self.images.problems[path] for path in images.values()):
+            return None
+        return samples
+
+    def _check(
+        self, text: str, label: str, test: bool, scorer: str, drawing: bool
+    ) -> tuple[dict[str, Path], list[Sample]]:
+        """The records of ``text`` read and checked: the image path of each image name, and the samples."""
         # Only the records a run uses are checked, so a quick run on a huge file stays quick.
-        records = _load_records(Path(file), label)[: self.max_samples]
-        read, problems = [], []
+        records = _parse_records(text, label)[: self.max_samples]
+        read, problems, images = [], [], {}
         for index, (where, record) in enumerate(records):
             try:
-                read.append((index, self._drawing(record) if drawing else self._sample(record, test, scorer)))
+                sample = self._drawing(record) if drawing else self._sample(record, test, scorer)
             except RecordError as error:
                 problems.append((index, error))
-        self.images.run([sample.image for _, sample in read])
+                continue
+            read.append((index, sample))
+            images[record["image"]] = sample.image
+        self.images.run(list(images.values()))
         problems += [
             (index, RecordError(f"field 'image': {self.images.problems[sample.image]}"))
             for index, sample in read
@@ -338,7 +409,7 @@ class _Reader:
         if not samples:
             raise ValueError(f"{label}: no samples (the file holds no records)")
         _check_unique_ids(samples, label)
-        return LLaVADataset(samples)
+        return images, samples
 
     def _sample(self, record: object, test: bool, scorer: str) -> Sample:
         if not isinstance(record, dict):
@@ -389,6 +460,22 @@ class _Reader:
             raise resolved
         return resolved
 
+    def _resolve_again(self, name: str, path: Path) -> Path | RecordError:
+        """What :meth:`_resolve` gives for ``name``, which resolved to ``path`` when it was last
+        read: its folder resolved once per build, the file itself only lstat'ed (a regular file
+        is no symlink); anything else is resolved in full."""
+        folder, file = os.path.split(name)
+        if folder not in self.real_folders:
+            self.real_folders[folder] = os.path.realpath(os.path.join(self.image_root, folder))
+        text = str(path)
+        if file not in ("", ".", "..") and os.path.join(self.real_folders[folder], file) == text:
+            try:
+                if stat.S_ISREG(os.lstat(text).st_mode):
+                    return path
+            except OSError:
+                pass
+        return self._resolve(name)
+
     def _resolve(self, name: str) -> Path | RecordError:
         if PurePath(name).is_absolute():
             return RecordError(f"field 'image': {name!r} is absolute; paths are relative to image_root")
@@ -424,7 +511,8 @@ def _id_note(record: object) -> str:
 class LLaVAStream(TaskStream):
     """Tasks read from LLaVA conversation files (training) and CoIN question files (test).
 
-    Every file and image is checked here, before any training (see the module's docstring).
+    Every file and image is checked here (or its check found in the cache), before any training
+    (see the module's docstring).
 
     Args:
         tasks: the instruction tasks in stream order, each ``{name, train, test, scorer}``.
@@ -453,12 +541,20 @@ class LLaVAStream(TaskStream):
     ) -> None:
         _check_settings(tasks, image_root, max_samples)
         root = Path(image_root).resolve()
-        reader = _Reader(root, require_image_token, max_samples, turns == "all", check_images)
-        self.tasks = [reader.task(files) for files in tasks]
         if pretrain_drawings is not None and pretrain is None:
             raise ValueError(
                 "LLaVAStream: pretrain_drawings is set without pretrain (the conversations it goes with)"
             )
+        reader = _Reader(root, require_image_token, max_samples, turns == "all", check_images)
+        try:
+            self._read(reader, tasks, pretrain, pretrain_drawings)
+        finally:
+            reader.images.save()  # once, and also when a file's error stops the build
+
+    def _read(
+        self, reader: _Reader, tasks: list[TaskFiles], pretrain: str | None, pretrain_drawings: str | None
+    ) -> None:
+        self.tasks = [reader.task(files) for files in tasks]
         if pretrain is not None:
             train = reader.read(pretrain, f"pretrain file {pretrain}", False, "exact_match")
             if pretrain_drawings is not None:

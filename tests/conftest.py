@@ -25,8 +25,9 @@ def model(stream) -> MMLLM:
 
 @pytest.fixture(autouse=True)
 def image_check_cache(tmp_path, monkeypatch) -> Path:
-    """Each test's own image-check cache (streams/image_checks.py), not the user's; the
-    environment variable reaches the DDP processes a test starts."""
+    """Each test's own cache of image checks and parsed stream files (streams/image_checks.py,
+    streams/stream_cache.py), not the user's; the environment variable reaches the DDP
+    processes a test starts."""
     cache = tmp_path / "contmm_cache"
     monkeypatch.setenv("CONTMM_CACHE", str(cache))
     return cache
