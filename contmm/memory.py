@@ -4,10 +4,11 @@ Counted per device: the weights (in their own dtypes), the gradients of the trai
 weights (float32, as contmm keeps trained components) and AdamW's two moments per
 trainable weight (float32). Sharding divides what it shards by the number of processes:
 ``deepspeed_stage_2`` the gradients and optimizer state, ``fsdp2`` the weights as well
-(during training: ``fsdp2`` gathers the whole model on each device for evaluation). Activations are not counted (they depend on
-batch, sequence length and gradient checkpointing), nor the adapters or projectors a
-strategy adds at each stage (small next to the model); an ``_offload`` strategy's state
-moved to the CPU is still counted on the device.
+(in training: ``fsdp2`` gathers the whole model on each device for evaluation).
+Activations are not counted (they depend on batch, sequence length and gradient
+checkpointing), nor the adapters or projectors a strategy adds at each stage (small next
+to the model); an ``_offload`` strategy's state moved to the CPU is still counted on the
+device.
 """
 
 from __future__ import annotations
