@@ -107,6 +107,22 @@ def test_the_components_are_the_checkpoints_own_submodules_and_freeze_by_name(ch
     assert len(trainable) == len(list(qwen.input_projector.parameters()))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_trained_tower_gets_a_gradient_on_every_trainable_weight(kind, checkpoints, samples):
+    """LLaVA reads its tower's penultimate layer: the last layer and the pooled-output norm
+    stay frozen (a trainable weight without a gradient stops DDP at its second step);
+    Qwen's merger reads the whole tower."""
+    model = build_model(ModelConfig(pretrained=str(checkpoints[kind])), [])
+    model.set_trainable(["encoder", "input_projector"])
+    model(**model.collator(train=True)(samples)).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    frozen = {n for n, t in model.encoder.named_parameters() if not t.requires_grad}
+    if kind == "llava":
+        assert frozen and all(n.startswith(("encoder.layers.1.", "post_layernorm.")) for n in frozen)
+    else:
+        assert not frozen
+
+
 def test_a_weight_that_does_not_load_is_an_error_naming_it(checkpoints, tmp_path):
     broken = save_checkpoint("llava", tmp_path / "llava")
     weights = load_file(broken / "model.safetensors")

@@ -3,10 +3,11 @@ name, and which of them are trained."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 COMPONENTS = ("encoder", "input_projector", "backbone")
 # The generating half (arXiv 2401.13601's Output Projector and Modality Generator): a model
@@ -16,6 +17,20 @@ GENERATING = ("output_projector", "generator")
 
 def _tensors(module: nn.Module) -> list[torch.Tensor]:
     return [*module.parameters(), *module.buffers()]
+
+
+def unreached(module: nn.Module, forward: Callable[[], object]) -> frozenset[int]:
+    """The ids of ``module``'s parameters that ``forward()``'s tensors do not depend on."""
+    params = list(module.parameters())
+    trainable = [p.requires_grad for p in params]
+    with torch.enable_grad():
+        for p in params:
+            p.requires_grad_(True)
+        outputs = [t for t in tree_leaves(forward()) if torch.is_tensor(t) and t.requires_grad]
+        grads = torch.autograd.grad(sum(t.float().sum() for t in outputs), params, allow_unused=True)
+    for p, flag in zip(params, trainable):
+        p.requires_grad_(flag)
+    return frozenset(id(p) for p, g in zip(params, grads) if g is None)
 
 
 class ComponentModel(nn.Module):
@@ -32,10 +47,6 @@ class ComponentModel(nn.Module):
     # Whether the input projector maps each image's tokens on their own (a batch of images
     # in, the same batch out), so that a sample's image can be sent to a projector of its own.
     per_image_projector = True
-    # Parameters the loss never reaches (ids), kept frozen whatever is trained: a trainable
-    # parameter without a gradient stops DDP at its second step ("parameters that were not
-    # used in producing the loss") and, in a one-step fit, leaves gradients unreduced.
-    unused_parameters: frozenset[int] = frozenset()
 
     def components(self) -> dict[str, nn.Module]:
         raise NotImplementedError
@@ -60,6 +71,25 @@ class ComponentModel(nn.Module):
         if unknown:
             raise ValueError(f"unknown model component(s) {sorted(unknown)}; this model has {known}")
         for name in known:
+            unreached = self.unreached_parameters(name) if name in components else frozenset()
             for tensor in self.component_tensors(name):
                 if isinstance(tensor, nn.Parameter):
-                    tensor.requires_grad_(name in components and id(tensor) not in self.unused_parameters)
+                    tensor.requires_grad_(name in components and id(tensor) not in unreached)
+
+    def unreached_parameters(self, name: str) -> frozenset[int]:
+        """The ids of component ``name``'s parameters the loss never reaches, kept frozen when
+        it is trained: a trainable parameter without a gradient stops DDP at its second step
+        ("parameters that were not used in producing the loss") and, in a one-step fit, leaves
+        the gradients un-averaged. A vision tower has them: its pooled-output norm, and its
+        layers after the one the projector reads (``encoder_probe``)."""
+        if name != "encoder":
+            return frozenset()
+        if self._unreached is None:
+            self._unreached = unreached(self.encoder, self.encoder_probe)
+        return self._unreached
+
+    def encoder_probe(self) -> object:
+        """The encoder's features of one blank image, as the model reads them (with gradients)."""
+        raise NotImplementedError
+
+    _unreached: frozenset[int] | None = None

@@ -72,20 +72,6 @@ class ModelConfig:
     quantization: Literal["4bit", "8bit"] | None = None
 
 
-def unreached(module: nn.Module, inputs: torch.Tensor) -> list[nn.Parameter]:
-    """The parameters of ``module`` its output does not depend on (a vision tower's
-    pooled-output norm, its layers after the feature layer read)."""
-    params = list(module.parameters())
-    trainable = [p.requires_grad for p in params]
-    with torch.enable_grad():
-        for p in params:
-            p.requires_grad_(True)
-        grads = torch.autograd.grad(module(inputs).sum(), params, allow_unused=True)
-    for p, flag in zip(params, trainable):
-        p.requires_grad_(flag)
-    return [p for p, g in zip(params, grads) if g is None]
-
-
 class MMLLM(ComponentModel):
     """The components built one by one (random init from configs, or each from its own
     pretrained weights), merged LLaVA-style: projected image features replace the
@@ -130,10 +116,9 @@ class MMLLM(ComponentModel):
             )
             if tokenizer.unk_token_id in self.signal_token_ids:
                 raise ValueError("the tokenizer lacks the signal tokens <gen_0>…: build it with MMLLM.build")
-        probe = torch.zeros(1, 3, self.encoder.image_size, self.encoder.image_size)
         with torch.no_grad():
+            probe = torch.zeros(1, 3, self.encoder.image_size, self.encoder.image_size)
             self.num_image_tokens = self.project_images(probe).shape[1]
-        self.unused_parameters = frozenset(map(id, unreached(self.encoder, probe)))
 
     @classmethod
     def build(cls, cfg: ModelConfig, texts: Iterable[str]) -> MMLLM:
@@ -153,6 +138,9 @@ class MMLLM(ComponentModel):
 
     def collator(self, train: bool) -> InstructionCollator:
         return InstructionCollator(self, train)
+
+    def encoder_probe(self) -> torch.Tensor:
+        return self.encoder(torch.zeros(1, 3, self.encoder.image_size, self.encoder.image_size))
 
     def set_input_projector(self, projector: nn.Module) -> None:
         self.input_projector = projector

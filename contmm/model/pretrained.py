@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 
 import torch
+from PIL import Image
 from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -142,6 +143,12 @@ class PretrainedMMLLM(ComponentModel):
 
     def collator(self, train: bool) -> ChatCollator:
         return ChatCollator(self.processor, train)
+
+    def encoder_probe(self) -> object:
+        # The checkpoint's own image path (its feature layer, CLS or not, its merger): its
+        # ``pooler_output`` is what the LLM reads.
+        blank = self.processor.image_processor(images=[Image.new("RGB", (224, 224))], return_tensors="pt")
+        return self.hf.model.get_image_features(**blank.to(self.hf.device)).pooler_output
 
     def set_input_projector(self, projector: nn.Module) -> None:
         self.hf.set_submodule(self.family["input_projector"], projector)
