@@ -10,6 +10,7 @@ import torch
 from contmm.model import MMLLM
 from streams.synthetic import SyntheticShapes
 from tests.helpers import REPO, tiny_config
+from tests.llava_files import write_image
 
 
 @pytest.fixture
@@ -21,6 +22,15 @@ def stream() -> SyntheticShapes:
 def model(stream) -> MMLLM:
     torch.manual_seed(0)
     return MMLLM.build(tiny_config(), stream.texts()).eval()
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    """An image root with one red and one blue 8x8 PNG (LLaVA stream tests)."""
+    images = tmp_path / "images"
+    write_image(images / "red.png", "red")
+    write_image(images / "sub/blue.png", "blue")
+    return images
 
 
 @pytest.fixture(autouse=True)

@@ -15,15 +15,6 @@ from tests.helpers import REPO, crash_in_training, fit_error
 from tests.llava_files import COLOURS, coin, conversation, write_image, write_json
 
 
-@pytest.fixture
-def root(tmp_path) -> Path:
-    """An image root with one red and one blue 8x8 PNG."""
-    images = tmp_path / "images"
-    write_image(images / "red.png", "red")
-    write_image(images / "sub/blue.png", "blue")
-    return images
-
-
 def good_train() -> list[dict]:
     return [
         conversation("t0", "red.png", "<image>\nwhat colour ?", "red"),

@@ -18,15 +18,6 @@ from tests.llava_files import coin, conversation, write_image, write_json
 
 
 @pytest.fixture
-def root(tmp_path) -> Path:
-    """An image root with one red and one blue 8x8 PNG."""
-    images = tmp_path / "images"
-    write_image(images / "red.png", "red")
-    write_image(images / "sub/blue.png", "blue")
-    return images
-
-
-@pytest.fixture
 def parsed(monkeypatch) -> list[str]:
     """The label of every file whose records are parsed (and then checked)."""
     labels = []
