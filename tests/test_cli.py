@@ -147,6 +147,16 @@ def test_lwf_is_refused_under_fsdp2(capsys, tmp_path, monkeypatch):
     )
 
 
+def test_a_quantised_model_is_refused_under_fsdp2(capsys, tmp_path, monkeypatch):
+    never_build(monkeypatch)
+    args = ["--model.quantization", "4bit", "--output_dir", str(tmp_path), "--trainer.strategy", "fsdp2"]
+    message = fit_error(capsys, *TINY_RUN, *args)
+    assert message.splitlines()[0] == (
+        "contmm: error: model.quantization '4bit' and trainer.strategy 'fsdp2': quantised weights "
+        "cannot be sharded; use ddp"
+    )
+
+
 def test_malformed_yaml_is_named_with_its_file(capsys, tmp_path):
     config = tmp_path / "broken.yaml"
     config.write_text("trainer:\n  max_epochs: [1, 2\n")
