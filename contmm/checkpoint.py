@@ -15,7 +15,8 @@ finished epoch.
 
 A checkpoint is written to a temporary directory and renamed into place, so a crash
 leaves either the whole of it or none; only the newest is kept unless ``checkpoint.keep``
-is ``all``. Tensors load with
+is ``all`` (an older one that ``contmm eval`` or ``export`` reads at that moment is removed
+with the next stage's). Tensors load with
 ``torch.load(weights_only=True)``: a checkpoint cannot run code.
 """
 
@@ -32,6 +33,8 @@ from typing import Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from contmm.distributed import status
+from contmm.lock import no_readers
 from contmm.model import ComponentModel
 
 CHECKPOINTS = "checkpoints"
@@ -130,9 +133,23 @@ def save_checkpoint(
     final = root / f"stage_{stage}"
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for older in root.glob("stage_*"):
-        if older != final and (keep == "last" or older.name.endswith("_in_progress")):
-            shutil.rmtree(older)
+    for in_progress in root.glob("stage_*_in_progress"):
+        shutil.rmtree(in_progress)
+    if keep == "last":
+        remove_older(root, final)
+
+
+def remove_older(root: Path, newest: Path) -> None:
+    """Remove the stage checkpoints before ``newest``, unless a ``contmm eval`` / ``export``
+    reads one now: then they go with the next stage's checkpoint."""
+    older = [p for p in root.glob("stage_*") if p != newest and not p.name.endswith("_in_progress")]
+    with no_readers(root.parent) as free:
+        if not free:
+            if older:
+                status(f"{root}: kept {older[0].name} while a contmm eval or export reads the run")
+            return
+        for path in older:
+            shutil.rmtree(path)
 
 
 def in_progress_dir(run_path: Path, stage: int) -> Path:
@@ -194,16 +211,11 @@ def newest_loadable_checkpoint(run_path: Path) -> tuple[Path | None, Checkpoint 
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    try:
-        model = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-        strategies = torch.load(path / "strategies.pt", map_location="cpu", weights_only=True)
-        state = json.loads((path / "state.json").read_text())
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
-        # weights_only refuses a pickle that would build objects or run code.
-        raise ValueError(
-            f"cannot load the checkpoint {path}: {type(error).__name__}: {error}\n"
-            "Start over with --resume false, or choose another --output_dir"
-        ) from None
+    model = _load_part(path / "model.pt", lambda f: torch.load(f, map_location="cpu", weights_only=True))
+    strategies = _load_part(
+        path / "strategies.pt", lambda f: torch.load(f, map_location="cpu", weights_only=True)
+    )
+    state = _load_part(path / "state.json", lambda f: json.loads(f.read_text()))
     missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
     if missing:
         raise ValueError(
@@ -211,6 +223,19 @@ def load_checkpoint(path: Path) -> Checkpoint:
             "Start over with --resume false, or choose another --output_dir"
         )
     return Checkpoint(state["stage"], model, strategies, state)
+
+
+def _load_part(file: Path, load):
+    """``load(file)``, or one error naming the file and what is wrong with it."""
+    try:
+        return load(file)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        # weights_only refuses a pickle that would build objects or run code; a file cut
+        # short is "not a zip archive" / "failed finding central directory".
+        raise ValueError(
+            f"cannot load the checkpoint file {file}: {type(error).__name__}: {error}\n"
+            "Start over with --resume false, or choose another --output_dir"
+        ) from None
 
 
 def check_kept(run_path: Path, newest: Path | None, stages_completed: object) -> None:

@@ -2,7 +2,9 @@
 
 The model is the config's as built (zero-shot), or with ``--run`` the weights and strategy
 state (adapters, projectors, routing keys) of one stage checkpoint of a fit run. Every task of
-the stream is scored, as a row of the matrix would be.
+the stream is scored, as a row of the matrix would be. The output directory is held as a fit
+holds its run directory; the run read is held shared while its checkpoint loads, so that a
+fit there does not delete it meanwhile (``contmm.lock``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from transformers import AutoTokenizer
 
 from contmm.checkpoint import CHECKPOINTS, config_difference, latest_checkpoint, load_checkpoint
 from contmm.environment import environment
+from contmm.lock import reading
 from contmm.runner import ContinualRun
 
 # The config sections a run's checkpoint must agree with: they decide what its weights fit.
@@ -60,12 +63,18 @@ def load_stage(run: ContinualRun, source: Path, stage: int | None) -> int:
 def evaluate(run: ContinualRun, source: str | None = None, stage: int | None = None) -> dict:
     """Score every task of ``run``'s stream with its model, or with ``source``'s stage
     checkpoint; write ``results.json`` and ``predictions/<task>.jsonl`` to its output_dir."""
+    with run.run.locked("contmm eval"):
+        return evaluate_locked(run, source, stage)
+
+
+def evaluate_locked(run: ContinualRun, source: str | None, stage: int | None) -> dict:
     existing = run.run.read_results()
     if existing is not None and "scores" not in existing:
         raise ValueError(f"{run.run.path} holds a fit run's results: choose another --output_dir for eval")
     run.strategies.setup(run.model, run.stream)
     if source is not None:
-        stage = load_stage(run, Path(source), stage)
+        with reading(Path(source)):
+            stage = load_stage(run, Path(source), stage)
     trainer = run.trainers("eval")
     evaluation = run.module.evaluate(trainer, run.stage_data(evaluate=range(len(run.stream.tasks))))
     names = run.stream.task_names

@@ -22,6 +22,7 @@ from PIL import Image
 from torchmetrics.functional.multimodal import clip_score
 from transformers import CLIPModel, CLIPProcessor
 
+from contmm.model_files import check_model_dir, loader_errors
 from contmm.scoring import SCORERS
 
 PALETTE = {
@@ -131,13 +132,10 @@ class ClipScore:
     """
 
     def __init__(self, model: str) -> None:
-        try:
+        check_model_dir(model, "eval.clip_model")
+        with loader_errors("eval.clip_model", model):
             self.model = _TensorFeatures(CLIPModel.from_pretrained(model).eval())
             self.processor = CLIPProcessor.from_pretrained(model)
-        except OSError as error:
-            raise ValueError(
-                f"eval.clip_model {model!r}: cannot load a CLIP model and processor: {error}"
-            ) from None
 
     def to(self, device: torch.device) -> ClipScore:
         self.model.to(device)

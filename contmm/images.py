@@ -8,6 +8,11 @@ transparency, ``CMYK``, ``YCbCr``) but not for three kinds of image:
 - transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent colour): Pillow drops
   the alpha and shows whatever colour the transparent pixels hold (often black). Here the
   image is composited on white, as image viewers and browsers show it.
+
+A file is also turned upright by its EXIF orientation (a phone's photo is stored sideways
+with a tag saying so), as Pillow's ``ImageOps.exif_transpose`` and transformers'
+``load_image`` do: contmm trains on the pixels a checkpoint's processor, given the same file,
+would see.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Integer greyscale modes; their values are read as 16-bit (0 .. 65535), PNG's deepest.
 WIDE_GREY = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -37,7 +42,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    """The image file at ``path`` decoded in full and converted with :func:`to_rgb`; a
-    truncated or corrupt file raises here (OSError, SyntaxError or ValueError)."""
+    """The image file at ``path`` decoded in full, turned by its EXIF orientation and
+    converted with :func:`to_rgb`; a truncated or corrupt file raises here (OSError,
+    SyntaxError or ValueError)."""
     with Image.open(path) as image:
+        # In place: the file's image is thrown away after, and a copy would cost a frame.
+        ImageOps.exif_transpose(image, in_place=True)
         return to_rgb(image)

@@ -5,7 +5,9 @@
 the files whose names contmm writes (results, predictions, stage checkpoints, its own CSV
 and TensorBoard logs); anything else there, a user's notes beside the logs, is kept, and so
 is a folder that still holds such a file. A directory without the mark is contmm's only
-when it is empty: ``--output_dir`` pointed at someone's folder deletes nothing.
+when it is empty: ``--output_dir`` pointed at someone's folder deletes nothing, and a run
+does not start there (it would write over same-named files). A directory holding a stage
+checkpoint is a run of a contmm from before the mark: it is marked and resumed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from contmm.lock import LOCK
+from contmm.lock import LOCK, READERS
 
 MARKER = ".contmm-run"
 # The folders under logs/csv and logs/tensorboard that contmm's own loggers write.
@@ -23,6 +25,7 @@ LOG_VERSIONS = ("pretrain", "scores", "stage_*")
 WRITTEN = (
     "results.json",
     "generations.png",
+    "inputs/images.json",  # every image's stamp (contmm/fingerprint.py)
     "predictions/stage_*/*.jsonl",
     "predictions/stage_*/*/*.png",  # a generation task's images
     *(
@@ -34,7 +37,7 @@ WRITTEN = (
     *(f"logs/csv/{v}/{f}" for v in LOG_VERSIONS for f in ("metrics.csv", "hparams.yaml")),
     *(f"logs/tensorboard/{v}/{f}" for v in LOG_VERSIONS for f in ("events.out.tfevents.*", "hparams.yaml")),
 )
-FOLDERS = ("predictions", "checkpoints", "logs")
+FOLDERS = ("predictions", "checkpoints", "logs", "inputs")
 
 
 def mark(directory: Path) -> None:
@@ -46,18 +49,37 @@ def mark(directory: Path) -> None:
         marker.write_text(json.dumps(created) + "\n")
 
 
+def foreign_files(directory: Path) -> list[str]:
+    """The names in ``directory`` that are not contmm's (nothing if it is marked, or missing)."""
+    if (directory / MARKER).exists() or not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if p.name not in (LOCK, READERS))
+
+
+def listed(names: list[str]) -> str:
+    return f"{', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+
+
 def check_own(directory: Path) -> None:
     """Refuse to start over in ``directory`` unless it is marked as contmm's or is empty
-    (but for this run's lock)."""
-    if (directory / MARKER).exists() or not directory.exists():
-        return
-    others = sorted(p.name for p in directory.iterdir() if p.name != LOCK)
-    if others:
+    (but for this run's locks)."""
+    if others := foreign_files(directory):
         raise ValueError(
-            f"--resume false: {directory} is not empty ({', '.join(others[:3])}"
-            f"{', ...' if len(others) > 3 else ''}) and has no {MARKER}, the mark of a contmm run "
-            "directory, so contmm deletes nothing there. Choose a new or empty --output_dir; if it "
-            f"is a run directory of a contmm that did not mark them, create {directory / MARKER}"
+            f"--resume false: {directory} is not empty ({listed(others)}) and has no {MARKER}, the mark of "
+            "a contmm run directory, so contmm deletes nothing there. Choose a new or empty --output_dir; if "
+            f"it is a run directory of a contmm that did not mark them, create {directory / MARKER}"
+        )
+
+
+def check_may_run(directory: Path) -> None:
+    """Refuse to run in ``directory`` unless it is marked, empty, or holds a stage checkpoint (a
+    run of a contmm from before the mark): a run writes over files of the names it writes."""
+    others = foreign_files(directory)
+    if others and not any(directory.glob("checkpoints/stage_*/state.json")):
+        raise ValueError(
+            f"{directory} is not empty ({listed(others)}) and has no {MARKER}, the mark of a contmm run "
+            "directory: a run there would write over files of the names it writes. Choose a new or empty "
+            f"--output_dir; if it is a contmm run directory that was not marked, create {directory / MARKER}"
         )
 
 

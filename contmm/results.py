@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from contmm.lock import locked
-from contmm.ownership import mark, start_over
+from contmm.lock import READERS, locked, no_readers
+from contmm.ownership import check_may_run, check_own, mark, start_over
 
 
 def atomic_write(path: Path, content: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per writer: two threads of a process, or the same pid on two hosts sharing a
+    # cache directory, never write into one temporary file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         tmp.write_bytes(content) if isinstance(content, bytes) else tmp.write_text(content)
         os.replace(tmp, path)
@@ -48,22 +51,43 @@ class RunDirectory:
             atomic_write(self.path / name, content)
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
-        """This run's hold on the directory (see ``contmm.lock``). Under DDP rank 0 alone
-        takes it: the other ranks are the same run, launched by it."""
-        with locked(self.path) if self.is_writer() else nullcontext():
+    def locked(self, command: str) -> Iterator[None]:
+        """This run's hold on the directory, as ``command`` (see ``contmm.lock``). Under DDP
+        rank 0 alone takes it: the other ranks are the same run, launched by it."""
+        self.check_is_directory()
+        with locked(self.path, command) if self.is_writer() else nullcontext():
             yield
+
+    def check_is_directory(self) -> None:
+        """A run directory that is a file, or under one, named as such (not "File exists")."""
+        for path in (self.path, *self.path.parents):
+            if path.exists() and not path.is_dir():
+                where = "" if path == self.path else f" (in the path of {self.path})"
+                raise ValueError(f"{path} is a file, not a directory{where}: choose another --output_dir")
 
     def mark(self) -> None:
         """Mark the directory as a contmm run's (``contmm.ownership``)."""
         if self.is_writer():
             mark(self.path)
 
+    def check_may_run(self) -> None:
+        """Refuse a directory that is not a run's and not empty (``contmm.ownership``)."""
+        check_may_run(self.path)
+
     def clear(self) -> list[Path]:
         """Delete the files a run wrote here (results, predictions, checkpoints, its logs), to
         start over; returns the files of others kept there. Refused in a directory that is
-        not a run's (``contmm.ownership``)."""
-        return start_over(self.path) if self.is_writer() else []
+        not a run's (``contmm.ownership``), and while ``contmm eval`` / ``export`` read it."""
+        if not self.is_writer():
+            return []
+        check_own(self.path)  # before the readers' lock file is made in someone else's folder
+        with no_readers(self.path) as free:
+            if not free:
+                raise ValueError(
+                    f"--resume false: a contmm eval or export is reading the checkpoints in {self.path} "
+                    f"({READERS}): start over when it has ended"
+                )
+            return start_over(self.path)
 
     def read_results(self) -> dict | None:
         """``results.json``, or None where there is none; ValueError naming it if it is not a

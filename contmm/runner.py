@@ -6,6 +6,7 @@ other ranks), so everything here is deterministic from the seed; only rank 0 wri
 
 from __future__ import annotations
 
+from copy import copy
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,7 +26,7 @@ from contmm.checkpoint import (
 from contmm.data import DataConfig, StageData
 from contmm.distributed import status
 from contmm.environment import environment
-from contmm.fingerprint import changed_input, run_inputs
+from contmm.fingerprint import changed_input, record_images, run_inputs
 from contmm.generation_grid import GRID_NAME, generation_grid_png
 from contmm.held_out import HeldOutScores, split_held_out
 from contmm.image_scoring import generates_images
@@ -35,6 +36,8 @@ from contmm.metrics import compute_metrics, tasks_to_evaluate
 from contmm.model import ModelConfig, build_model
 from contmm.module import ContinualModule, EvalConfig
 from contmm.optimizer import OptimizerConfig
+from contmm.peak_memory import StagePeaks
+from contmm.preemption import requeue_on_preemption
 from contmm.results import RunDirectory, summary_table
 from contmm.rundata import load_run
 from contmm.settings import check_at_least, check_positive, check_seed
@@ -135,7 +138,10 @@ class ContinualRun:
                     "quantised weights cannot be sharded; use ddp"
                 )
         self.model = build_model(model, stream.texts())
-        self.inputs = run_inputs(stream, self.model.tokenizer)
+        # Every task whose data the run reads: split_held_out below takes held-out ones out of
+        # ``stream.tasks``, not out of this (shallow) copy.
+        self.read_stream = copy(stream)
+        self.inputs = run_inputs(self.read_stream, self.model.tokenizer)
         # After the tokenizer and the inputs' fingerprint, which cover the held-out tasks too.
         self.held_out_tasks = split_held_out(stream, eval.held_out)
         trained = {
@@ -161,6 +167,7 @@ class ContinualRun:
             else None
         )
         self.scores = ScoreMatrix(stream.task_names)
+        self.peaks = StagePeaks(len(stream.tasks) + 1)
         self.held_out = HeldOutScores(
             [task.name for task in self.held_out_tasks], len(stream.tasks), len(stream.tasks) + 1
         )
@@ -170,8 +177,8 @@ class ContinualRun:
 
     def fit(self) -> dict:
         """Run the stream (see ``fit_stages``) holding the run directory's lock, as one run of
-        the user's loggers."""
-        with self.run.locked(), self.trainers.logged_run():
+        the user's loggers; in a SLURM job, requeued on SLURM's warning before its time limit."""
+        with self.run.locked("contmm fit"), requeue_on_preemption(), self.trainers.logged_run():
             return self.fit_stages()
 
     def fit_stages(self) -> dict:
@@ -180,6 +187,8 @@ class ContinualRun:
         stages goes on after the newest one."""
         checkpoint = self.resume_point()
         self.check_inputs(checkpoint)
+        record_images(self.run, self.read_stream, checkpoint)
+        self.peaks.start()  # row 0's stage: pre-training and row 0
         self.run.write_text("config.yaml", self.config["yaml"])
         if self.run.is_writer():
             self.model.tokenizer.save_pretrained(self.run.path / "tokenizer")
@@ -215,6 +224,7 @@ class ContinualRun:
         # depend on how many random numbers the stages before it consumed (nor on
         # whether they ran in this process or before a resume).
         L.seed_everything(self.seed + stage, verbose=False)
+        self.peaks.start()
         self.model.set_trainable(self.model.configured_trainable())
         self.strategies.before_task(self.model, task_id)
         self.module.task_id = task_id
@@ -248,6 +258,7 @@ class ContinualRun:
             saved = results.get("config", {})
         else:
             saved = None
+            self.run.check_may_run()
         if saved is not None and (difference := config_difference(saved, self.config["dict"])) is not None:
             raise ValueError(
                 f"{self.run.path} holds the results of another config ({difference}). "
@@ -266,6 +277,7 @@ class ContinualRun:
         )
         self.scores.load_state_dict(checkpoint.state)
         self.held_out.load_state_dict(checkpoint.state)
+        self.peaks.load_state_dict(checkpoint.state)
         self.trainers.steps_before = checkpoint.state["trained_steps"]
         # A new CSV logger rewrites its file, and the user's loggers start a new run unless
         # their init_args name the old one: log the restored rows again so they hold them.
@@ -275,11 +287,12 @@ class ContinualRun:
         return checkpoint.stage
 
     def check_inputs(self, checkpoint: Checkpoint | None) -> None:
-        """Refuse to go on from ``checkpoint`` with other data or another tokenizer."""
-        if checkpoint is not None and (changed := changed_input(checkpoint.state.get("inputs"), self.inputs)):
+        """Refuse to go on from ``checkpoint`` with other data, images or another tokenizer."""
+        saved = checkpoint.state.get("inputs") if checkpoint is not None else None
+        if changed := changed_input(saved, self.inputs, self.read_stream, self.run.path):
             raise ValueError(
                 f"{changed} differs from what the run in {self.run.path} was trained on (a data file "
-                "edited since?): restore it, or pass --resume false to start over"
+                "or an image edited since?): restore it, or pass --resume false to start over"
             )
 
     def save_checkpoint(self, stage: int) -> None:
@@ -287,6 +300,7 @@ class ContinualRun:
             state = {
                 **self.scores.state_dict(),
                 **self.held_out.state_dict(),
+                **self.peaks.state_dict(),
                 "trained_steps": self.trainers.trained_steps,
                 "inputs": self.inputs,
                 "config": self.config["dict"],
@@ -334,6 +348,7 @@ class ContinualRun:
         evaluation = self.module.evaluate(trainer, data)
         self.scores.record(stage, evaluation)
         self.held_out.record(stage, evaluation)
+        self.peaks.record(stage)
         for task_id, task in data.eval_tasks:
             self.run.write_predictions(
                 stage, task.name, evaluation.predictions[task_id], evaluation.images.get(task_id)
@@ -357,6 +372,7 @@ class ContinualRun:
             "matrix_mode": self.module.evaluation.matrix,
             **self.scores.results(self.reference_scores),
             **(self.held_out.results() if self.held_out_tasks else {}),
+            **self.peaks.results(),
             "config": self.config["dict"],
             "env": environment(trainer, self.data.batch_size),
         }

@@ -63,7 +63,7 @@ from contmm.images import open_rgb
 from contmm.scoring import extract_choice, normalize
 from contmm.stream import Task, TaskStream, check_task_names
 from contmm.tokenizer import IMAGE_TOKEN
-from streams.image_checks import ImageCheck, ImageChecks
+from streams.image_checks import ImageChanges, ImageCheck, ImageChecks
 from streams.stream_cache import StreamCache, code_digest
 
 # Problems listed per file: enough to see a pattern, few enough to read.
@@ -103,13 +103,21 @@ class Sample:
 
 
 class LLaVADataset(Dataset):
-    """Samples of one split; images are opened on access."""
+    """Samples of one split; images are opened on access. ``stamps``: the stamp of each of
+    their images when the stream was built (``streams/image_checks.py``; it may hold other
+    splits' images too)."""
 
-    def __init__(self, samples: list[Sample]) -> None:
+    def __init__(self, samples: list[Sample], stamps: dict[Path, list]) -> None:
         self.samples = samples
+        self.stamps = stamps
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def image_stamps(self) -> dict[str, list]:
+        """Each image file the split reads, in the order its samples first name them → its
+        stamp: what the run's fingerprint records (``contmm/fingerprint.py``)."""
+        return {str(sample.image): self.stamps[sample.image] for sample in self.samples}
 
     def text(self, index: int) -> dict:
         """The sample without its image (cheap): id, question and answer."""
@@ -303,12 +311,13 @@ class _Reader:
         max_samples: int | None,
         followups: bool,
         check_images: ImageCheck = "decode",
+        image_changes: ImageChanges = "stat",
     ) -> None:
         self.image_root = image_root
         self.require_image_token = require_image_token
         self.max_samples = max_samples
         self.followups = followups
-        self.images = ImageChecks(check_images)
+        self.images = ImageChecks(check_images, image_changes)
         # Each image name resolved once (a dataset names the same image from many records):
         # its path, or why it has none.
         self.resolved: dict[str, Path | RecordError] = {}
@@ -334,12 +343,16 @@ class _Reader:
         path, settings = Path(file), self._settings(test, scorer, drawing)
         kept = self.cache.load(path, settings, lambda: _read_text(path, label))
         if kept is not None and (samples := self._still_good(*kept)) is not None:
-            return LLaVADataset(samples)
+            return self.dataset(samples)
         stamp = self.cache.stamp(path)  # before reading: a write while it is read makes the entry stale
         text = _read_text(path, label)
         images, samples = self._check(text, label, test, scorer, drawing)
         self.cache.store(path, settings, stamp, text, (images, samples))
-        return LLaVADataset(samples)
+        return self.dataset(samples)
+
+    def dataset(self, samples: list[Sample]) -> LLaVADataset:
+        """A split of ``samples``, whose images have been checked (and stamped)."""
+        return LLaVADataset(samples, self.images.stamps)
 
     def _settings(self, test: bool, scorer: str, drawing: bool) -> dict:
         """What decides the samples a file gives, besides its text: its cache entry's key. (Not
@@ -526,6 +539,10 @@ class LLaVAStream(TaskStream):
             first question and answer only. (Test records are one question either way.)
         check_images: ``decode`` every image in full before training, or read its ``header``
             only (for image sets too large to decode up front); see ``streams/image_checks.py``.
+        image_changes: how a changed image is told from the one read before, by the image
+            checks' cache and by a resume, which refuses a changed image: ``stat``, its size,
+            modification time and inode; ``content``, its size and a hash of its bytes (for
+            file systems that keep no modification times; every image is read at every build).
     """
 
     def __init__(
@@ -538,6 +555,7 @@ class LLaVAStream(TaskStream):
         require_image_token: bool = True,
         turns: Literal["all", "first"] = "all",
         check_images: ImageCheck = "decode",
+        image_changes: ImageChanges = "stat",
     ) -> None:
         _check_settings(tasks, image_root, max_samples)
         root = Path(image_root).resolve()
@@ -545,7 +563,7 @@ class LLaVAStream(TaskStream):
             raise ValueError(
                 "LLaVAStream: pretrain_drawings is set without pretrain (the conversations it goes with)"
             )
-        reader = _Reader(root, require_image_token, max_samples, turns == "all", check_images)
+        reader = _Reader(root, require_image_token, max_samples, turns == "all", check_images, image_changes)
         try:
             self._read(reader, tasks, pretrain, pretrain_drawings)
         finally:
@@ -560,7 +578,7 @@ class LLaVAStream(TaskStream):
             if pretrain_drawings is not None:
                 label = f"pretrain_drawings file {pretrain_drawings}"
                 drawings = reader.read(pretrain_drawings, label, False, "exact_match", drawing=True)
-                train = LLaVADataset(train.samples + drawings.samples)
+                train = reader.dataset(train.samples + drawings.samples)
                 _check_unique_ids(train.samples, f"pretrain and {label}")
             # The pre-training task is never evaluated, but a Task needs a test split.
             self.pretrain_task = Task(name="pretrain", train=train, test=train)

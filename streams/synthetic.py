@@ -124,13 +124,23 @@ def render(scene: list[Obj], image_size: int, seed: int) -> Image.Image:
 
 
 class ShapesDataset(Dataset):
-    """Samples of one task of the synthetic stream; images are rendered on access."""
+    """Samples of one task of the synthetic stream; images are rendered on access. ``name``:
+    the task's name in the stream (a round's, ``colour_2``), which its sample ids and scenes
+    are drawn from (default: the task)."""
 
     def __init__(
-        self, task: str, split: str, size: int, seed: int, image_size: int, templates: Sequence[str] = ()
+        self,
+        task: str,
+        split: str,
+        size: int,
+        seed: int,
+        image_size: int,
+        templates: Sequence[str] = (),
+        name: str | None = None,
     ) -> None:
         self.task, self.split, self.image_size = task, split, image_size
-        rng = random.Random(f"{seed}/{task}/{split}")
+        self.name = name or task
+        rng = random.Random(f"{seed}/{self.name}/{split}")
         self.scenes = [self._scene(rng) for _ in range(size)]
         templates = templates or INSTRUCTIONS.get(task) or QUESTIONS[task]
         self.questions = [rng.choice(templates) for _ in range(size)]
@@ -160,7 +170,7 @@ class ShapesDataset(Dataset):
     def text(self, index: int) -> dict:
         """The sample without its image (cheap): id, question and answer (and the caption the
         generator reads, for a generation task)."""
-        sample_id, answer = f"{self.task}-{self.split}-{index}", self._answer(self.scenes[index])
+        sample_id, answer = f"{self.name}-{self.split}-{index}", self._answer(self.scenes[index])
         if self.task not in INSTRUCTIONS:
             return {"id": sample_id, "question": f"<image>\n{self.questions[index]}", "answer": answer}
         obj = self.scenes[index][0]
@@ -207,6 +217,9 @@ class SyntheticShapes(TaskStream):
             transfer). 0: no general tuning.
         image_size: side of the square images in pixels.
         seed: the seed every scene is drawn from.
+        rounds: the task list is run this many times, each round a new set of tasks named
+            ``<task>_<round>`` from the second round on (``colour_2``), with samples of their
+            own: a long stream of recurring skills (4 tasks, 5 rounds: 20 stages).
     """
 
     def __init__(
@@ -218,7 +231,10 @@ class SyntheticShapes(TaskStream):
         general_size: int = 0,
         image_size: int = 32,
         seed: int = 0,
+        rounds: int = 1,
     ) -> None:
+        if rounds < 1:
+            raise ValueError(f"SyntheticShapes: rounds must be at least 1, got {rounds}")
         unknown = sorted(set(tasks) - set(TASKS))
         if unknown:
             raise ValueError(f"unknown synthetic task(s) {unknown}; choose from {list(TASKS)}")
@@ -226,15 +242,19 @@ class SyntheticShapes(TaskStream):
         if general_size and not pretrain_size:
             raise ValueError("SyntheticShapes: general_size adds to pre-training; set pretrain_size too")
 
-        def make(task: str, train_size: int) -> Task:
+        def make(task: str, train_size: int, name: str | None = None) -> Task:
             return Task(
-                name=task,
-                train=ShapesDataset(task, "train", train_size, seed, image_size),
-                test=ShapesDataset(task, "test", test_size, seed, image_size),
+                name=name or task,
+                train=ShapesDataset(task, "train", train_size, seed, image_size, name=name),
+                test=ShapesDataset(task, "test", test_size, seed, image_size, name=name),
                 scorer=GENERATION_SCORERS.get(task, "exact_match"),
             )
 
-        self.tasks = [make(task, train_size) for task in tasks]
+        self.tasks = [
+            make(task, train_size, f"{task}_{r}" if r > 1 else None)
+            for r in range(1, rounds + 1)
+            for task in tasks
+        ]
         self.pretrain_task = None
         if pretrain_size:
             # With generation tasks in the stream, pre-training also aligns the Output Projector

@@ -148,3 +148,8 @@ def crash_in_evaluation(monkeypatch, task_id: int) -> None:
         return test_step(self, batch, batch_idx, dataloader_idx)
 
     monkeypatch.setattr(ContinualModule, "test_step", crashing)
+
+
+def truncate(file: Path) -> None:
+    """Cut ``file`` to half its size, as an interrupted download, copy or full disk leaves it."""
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])

@@ -84,7 +84,8 @@ class KillAt(Strategy):
     evaluation), ``mid_epoch`` (stage 2, second epoch, second batch), ``after_last_epoch``
     (the end of stage 2's fit, after the strategies listed before this one did their
     end-of-task step), ``evaluation`` (row 2) and ``checkpoint_write`` (stage 2's
-    checkpoint, between its model and strategy files). List it last."""
+    checkpoint, between its model and strategy files). List it last. With
+    ``$CONTMM_KILL_SIGNAL=SIGUSR1`` it sends SLURM's warning before a time limit instead."""
 
     def __init__(self) -> None:
         self.moment = os.environ.get("CONTMM_KILL_AT")
@@ -97,7 +98,10 @@ class KillAt(Strategy):
 
     @staticmethod
     def kill() -> None:
-        os.killpg(os.getpgid(0), signal.SIGKILL)
+        if os.environ.get("CONTMM_KILL_SIGNAL") == "SIGUSR1":  # SLURM's warning, to each task
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
 
     def _patch_training_step(self) -> None:
         from contmm.module import ContinualModule

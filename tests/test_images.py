@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
+from transformers.image_utils import load_image
 
 from contmm.images import open_rgb, to_rgb
 from contmm.model.collate import sample_image
@@ -72,5 +75,27 @@ def test_the_collator_and_the_llava_dataset_convert_with_to_rgb(tmp_path):
     assert sample_image({"image": path}).getpixel((0, 0)) == (128, 128, 128)
     with Image.open(path) as image:
         assert sample_image({"image": image}).getpixel((0, 0)) == (128, 128, 128)
-    dataset = LLaVADataset([Sample(id="g", image=path, question="<image>\nq", answer="a")])
+    dataset = LLaVADataset([Sample(id="g", image=path, question="<image>\nq", answer="a")], {})
     assert dataset[0]["image"].getpixel((0, 0)) == (128, 128, 128)
+
+
+def sideways(path: Path) -> None:
+    """A 16x8 image, red left and blue right, stored with EXIF orientation 6: shown turned a
+    quarter clockwise (as a phone stores a portrait photo), 8x16, red on top and blue below."""
+    image = Image.new("RGB", (16, 8), (220, 40, 40))
+    image.paste((50, 90, 230), (8, 0, 16, 8))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    image.save(path, exif=exif)
+
+
+@pytest.mark.parametrize("name", ["photo.jpg", "photo.png"])
+def test_an_image_is_turned_upright_by_its_exif_orientation_as_transformers_load_image_does(tmp_path, name):
+    path = tmp_path / name
+    sideways(path)
+    dataset = LLaVADataset([Sample(id="p", image=path, question="<image>\nq", answer="a")], {})
+    for image in (open_rgb(path), sample_image({"image": path}), dataset[0]["image"]):
+        assert image.size == (8, 16)
+        top, bottom = image.getpixel((4, 2)), image.getpixel((4, 13))
+        assert top[0] > 180 > top[2] and bottom[2] > 180 > bottom[0]  # red above blue (JPEG is near)
+        assert np.array_equal(np.asarray(image), np.asarray(load_image(str(path))))

@@ -6,15 +6,14 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from contmm.cli import main
+from contmm.lock import locked, reading
 from contmm.module import ContinualModule
-from tests.helpers import REPO, TINY_RUN, crash_in_training, fit_error
+from tests.helpers import REPO, TINY_RUN, crash_in_training, fit_error, truncate
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_repo")]
 
@@ -87,24 +86,46 @@ def test_a_partial_run_whose_checkpoints_is_not_a_directory_is_not_restarted(tmp
     assert snapshot(out) == kept
 
 
-def test_a_run_directory_in_use_by_a_live_process_is_refused_naming_it(copy, capsys):
-    lock = copy / ".contmm-lock"
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
-    kept = snapshot(copy)
-    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(copy), "--resume", "false")
-    assert f"in use by another contmm run: process {os.getpid()} on {socket.gethostname()}" in message
-    assert snapshot(copy) == kept
+def test_a_run_directory_in_use_by_a_live_run_is_refused_naming_it(copy, capsys):
+    with locked(copy, "contmm fit"):  # a live run, as far as the kernel knows
+        kept = snapshot(copy)
+        message = fit_error(capsys, *TINY_RUN, "--output_dir", str(copy), "--resume", "false")
+        assert f"{copy} is in use: contmm fit (process {os.getpid()} on {socket.gethostname()}" in message
+        assert snapshot(copy) == kept
 
 
-def test_a_lock_left_by_a_dead_process_is_reported_as_stale(copy, capsys):
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+def test_an_eval_into_a_directory_a_fit_holds_is_refused(copy, capsys):
+    with locked(copy, "contmm fit"), pytest.raises(SystemExit):
+        main(["eval", *TINY_RUN, "--output_dir", str(copy)])
+    assert f"{copy} is in use: contmm fit" in capsys.readouterr().err
+
+
+def test_starting_over_is_refused_while_an_eval_or_export_reads_the_run(copy, capsys):
+    with reading(copy):  # a contmm eval --run or export loading a checkpoint
+        kept = snapshot(copy)
+        message = fit_error(capsys, *TINY_RUN, "--output_dir", str(copy), "--resume", "false")
+        assert "a contmm eval or export is reading the checkpoints" in message
+        assert snapshot(copy) == kept
+
+
+def test_an_output_dir_that_is_a_file_is_named_as_such(tmp_path, capsys):
+    (tmp_path / "runs").write_text("not a directory")
+    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(tmp_path / "runs"))
+    assert f"{tmp_path / 'runs'} is a file, not a directory" in message
+    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(tmp_path / "runs" / "seq"))
+    assert (
+        f"{tmp_path / 'runs'} is a file, not a directory (in the path of {tmp_path / 'runs' / 'seq'})"
+        in message
     )
-    lock = copy / ".contmm-lock"
-    lock.write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname(), "since": "then"}))
-    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(copy))
-    assert f"{lock} is stale: process {int(gone.stdout)}" in message and f"Delete {lock}" in message
-    assert lock.exists()  # reported, not taken over
+
+
+def test_a_run_into_an_unmarked_non_empty_directory_is_refused_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "results.md").write_text("a user's notes")
+    message = fit_error(capsys, *TINY_RUN, "--output_dir", str(out))
+    assert f"{out} is not empty (results.md) and has no .contmm-run" in message
+    assert sorted(p.name for p in out.iterdir()) == ["results.md"]
 
 
 def test_a_run_holds_the_lock_while_it_runs_and_leaves_none_after_a_crash_or_its_end(tmp_path, monkeypatch):
@@ -140,8 +161,10 @@ def widen_a_tensor(checkpoint):
         (lambda out: (out / "checkpoints/stage_2/state.json").write_text("{}"), "stage_2/state.json"),
         (lambda out: widen_a_tensor(out / "checkpoints/stage_2"), "model.pt"),
         (lambda out: (out / "results.json").write_text("garbage"), "results.json is not valid JSON"),
+        (lambda out: truncate(out / "checkpoints/stage_2/model.pt"), "stage_2/model.pt"),
+        (lambda out: truncate(out / "checkpoints/stage_2/strategies.pt"), "stage_2/strategies.pt"),
     ],
-    ids=["empty-state", "wrong-shape", "garbage-results"],
+    ids=["empty-state", "wrong-shape", "garbage-results", "truncated-model", "truncated-strategies"],
 )
 def test_a_corrupt_file_gives_one_message_naming_it(copy, capsys, corrupt, named):
     corrupt(copy)

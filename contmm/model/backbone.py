@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from contmm.model_files import check_model_dir, loader_errors
 from contmm.tokenizer import IMAGE_TOKEN
+
+SETTING = "model.backbone.pretrained"
 
 
 @dataclass
@@ -30,7 +33,9 @@ class BackboneConfig:
 
 def load_tokenizer(cfg: BackboneConfig) -> PreTrainedTokenizerBase:
     """The pretrained backbone's tokenizer, with a pad token and the image placeholder."""
-    tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained, trust_remote_code=cfg.trust_remote_code)
+    check_model_dir(cfg.pretrained, SETTING)
+    with loader_errors(SETTING, cfg.pretrained):
+        tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if IMAGE_TOKEN not in tokenizer.get_vocab():
@@ -48,9 +53,11 @@ class LLMBackbone(nn.Module):
             "eos_token_id": tokenizer.eos_token_id,
         }
         if cfg.pretrained:
-            self.lm = AutoModelForCausalLM.from_pretrained(
-                cfg.pretrained, trust_remote_code=cfg.trust_remote_code
-            )
+            check_model_dir(cfg.pretrained, SETTING)
+            with loader_errors(SETTING, cfg.pretrained):
+                self.lm = AutoModelForCausalLM.from_pretrained(
+                    cfg.pretrained, trust_remote_code=cfg.trust_remote_code
+                )
         elif cfg.config:
             config = AutoConfig.for_model(**{**cfg.config, "vocab_size": len(tokenizer), **ids})
             self.lm = AutoModelForCausalLM.from_config(config)

@@ -9,6 +9,8 @@ from PIL import Image
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPImageProcessor
 
+from contmm.model_files import check_model_dir, loader_errors
+
 
 @dataclass
 class EncoderConfig:
@@ -36,14 +38,9 @@ class ModalityEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         if cfg.pretrained:
-            config = AutoConfig.from_pretrained(cfg.pretrained, trust_remote_code=cfg.trust_remote_code)
-            # A dual-encoder checkpoint (CLIP, SigLIP) holds text and vision towers; load the
-            # vision tower alone, as LLaVA does with CLIPVisionModel.
-            config = getattr(config, "vision_config", config)
-            self.tower = AutoModel.from_pretrained(
-                cfg.pretrained, config=config, trust_remote_code=cfg.trust_remote_code
-            )
-            self.processor = AutoImageProcessor.from_pretrained(cfg.pretrained)
+            check_model_dir(cfg.pretrained, "model.encoder.pretrained")
+            with loader_errors("model.encoder.pretrained", cfg.pretrained):
+                self._load(cfg)
         elif cfg.config:
             self.tower = AutoModel.from_config(AutoConfig.for_model(**cfg.config))
             size = self.tower.config.image_size
@@ -53,6 +50,16 @@ class ModalityEncoder(nn.Module):
             )
         else:
             raise ValueError("model.encoder needs either `config` (random init) or `pretrained`")
+
+    def _load(self, cfg: EncoderConfig) -> None:
+        config = AutoConfig.from_pretrained(cfg.pretrained, trust_remote_code=cfg.trust_remote_code)
+        # A dual-encoder checkpoint (CLIP, SigLIP) holds text and vision towers; load the
+        # vision tower alone, as LLaVA does with CLIPVisionModel.
+        config = getattr(config, "vision_config", config)
+        self.tower = AutoModel.from_pretrained(
+            cfg.pretrained, config=config, trust_remote_code=cfg.trust_remote_code
+        )
+        self.processor = AutoImageProcessor.from_pretrained(cfg.pretrained)
 
     @property
     def hidden_size(self) -> int:

@@ -30,7 +30,12 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from contmm.images import to_rgb
+from contmm.model_files import check_model_dir, loader_errors
 from contmm.settings import check_at_least
+
+SETTING = "model.generator.pretrained"
+# The parts (subfolders) of a Stable Diffusion layout that are loaded.
+PARTS = {"unet", "scheduler", "vae", "text_encoder", "tokenizer"}
 
 
 @dataclass
@@ -67,14 +72,13 @@ class GeneratorConfig:
 
 def _load(cls, path: str, subfolder: str):
     """``cls.from_pretrained`` of one part, failing on any weight not loaded from the file."""
-    model, info = cls.from_pretrained(path, subfolder=subfolder, output_loading_info=True)
+    with loader_errors(SETTING, path):
+        model, info = cls.from_pretrained(path, subfolder=subfolder, output_loading_info=True)
     problems = {k: v for k, v in info.items() if k != "error_msgs" and v} | (
         {"errors": info["error_msgs"]} if info.get("error_msgs") else {}
     )
     if problems:
-        raise ValueError(
-            f"model.generator.pretrained {path!r}: {subfolder}/ did not load cleanly: {problems}"
-        )
+        raise ValueError(f"{SETTING} {path!r}: {subfolder}/ did not load cleanly: {problems}")
     return model
 
 
@@ -121,12 +125,14 @@ class ModalityGenerator(nn.Module):
                 f"model.generator.pretrained {path!r} needs unet/ and scheduler/ (Stable Diffusion layout); "
                 f"it has {sorted(parts)}"
             )
+        check_model_dir(path, SETTING, parts & PARTS)
         self.unet = _load(UNet2DConditionModel, path, "unet")
         self.vae = _load(AutoencoderKL, path, "vae") if "vae" in parts else None
         self.text_encoder = _load(AutoModel, path, "text_encoder") if "text_encoder" in parts else None
-        self.tokenizer = (
-            AutoTokenizer.from_pretrained(path, subfolder="tokenizer") if self.text_encoder else None
-        )
+        self.tokenizer = None
+        if self.text_encoder is not None:
+            with loader_errors(SETTING, path):
+                self.tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")
         # Training noise as diffusers' own training scripts add it; sampling with the sampler.
         schedule = DDPMScheduler.load_config(path, subfolder="scheduler")
         self.noise_scheduler = DDPMScheduler.from_config(schedule)

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from safetensors.torch import load_file
 from torch import nn
 
 from contmm.model.projector import Resampler
+from contmm.model_files import load_safetensors
 from contmm.settings import check_at_least
 
 
@@ -87,5 +87,5 @@ def build_output_projector(
     else:
         raise ValueError(f"model.output_projector.kind must be mlp or transformer, not {cfg.kind!r}")
     if cfg.pretrained:
-        projector.load_state_dict(load_file(cfg.pretrained))
+        projector.load_state_dict(load_safetensors(cfg.pretrained, "model.output_projector.pretrained"))
     return projector

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from contmm.model.chat import ChatCollator
 from contmm.model.components import ComponentModel
+from contmm.model_files import check_model_dir, loader_errors
 
 # Where each supported family keeps the survey's components (attribute paths).
 FAMILIES = {
@@ -44,21 +45,26 @@ class LanguageBackbone(nn.Module):
 def load_checkpoint(cfg) -> tuple[nn.Module, object]:
     """The checkpoint's model and processor; any weight that does not load is an error."""
     path, remote = cfg.pretrained, cfg.trust_remote_code
-    model_type = AutoConfig.from_pretrained(path, trust_remote_code=remote).model_type
+    check_model_dir(path, "model.pretrained")
+    with loader_errors("model.pretrained", path):
+        model_type = AutoConfig.from_pretrained(path, trust_remote_code=remote).model_type
     if model_type not in FAMILIES:
         raise ValueError(
             f"model.pretrained {path}: checkpoints of type {model_type!r} are not supported; "
             f"supported: {', '.join(FAMILIES)} (or assemble the model from model.encoder, "
             "model.input_projector and model.backbone)"
         )
-    model, report = AutoModelForImageTextToText.from_pretrained(
-        path,
-        dtype=DTYPES[cfg.dtype],
-        attn_implementation=cfg.attn_implementation,
-        trust_remote_code=remote,
-        output_loading_info=True,
-        **quantization(cfg, model_type),
-    )
+    quantization_config = quantization(cfg, model_type)
+    with loader_errors("model.pretrained", path):
+        model, report = AutoModelForImageTextToText.from_pretrained(
+            path,
+            dtype=DTYPES[cfg.dtype],
+            attn_implementation=cfg.attn_implementation,
+            trust_remote_code=remote,
+            output_loading_info=True,
+            **quantization_config,
+        )
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=remote)
     problems = {k: sorted(v) for k, v in report.items() if k != "error_msgs" and v}
     if problems or report.get("error_msgs"):
         details = "; ".join(f"{kind} {len(keys)}: {keys[:5]}" for kind, keys in problems.items())
@@ -66,7 +72,7 @@ def load_checkpoint(cfg) -> tuple[nn.Module, object]:
             f"model.pretrained {path}: not every weight loaded ({details or report['error_msgs']}): "
             "a weight left at random init would train and score silently wrong"
         )
-    return model, AutoProcessor.from_pretrained(path, trust_remote_code=remote)
+    return model, processor
 
 
 def quantization(cfg, model_type: str) -> dict:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
+
+from contmm.model_files import load_safetensors
 
 
 @dataclass
@@ -65,5 +66,5 @@ def build_projector(cfg: ProjectorConfig, in_dim: int, out_dim: int) -> nn.Modul
     else:
         raise ValueError(f"model.input_projector.kind must be linear, mlp or resampler, not {cfg.kind!r}")
     if cfg.pretrained:
-        projector.load_state_dict(load_file(cfg.pretrained))
+        projector.load_state_dict(load_safetensors(cfg.pretrained, "model.input_projector.pretrained"))
     return projector
