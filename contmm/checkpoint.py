@@ -33,6 +33,7 @@ from typing import Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from contmm.config_versions import with_new_defaults
 from contmm.distributed import status
 from contmm.lock import no_readers
 from contmm.model import ComponentModel
@@ -256,7 +257,11 @@ def check_kept(run_path: Path, newest: Path | None, stages_completed: object) ->
 def config_difference(saved: dict, current: dict, prefix: str = "") -> str | None:
     """The first setting where two resolved configs differ, as 'key: saved there, current
     now', or None. ``resume``, ``output_dir`` (a moved run directory) and
-    ``trainer.strategy`` may differ: ddp and fsdp2 train the same weights (tests/test_sharding.py)."""
+    ``trainer.strategy`` may differ: ddp and fsdp2 train the same weights (tests/test_sharding.py).
+    A parameter a class gained since ``saved`` was written counts at its default there
+    (``contmm.config_versions``)."""
+    if not prefix:
+        saved = with_new_defaults(saved, current)
     for key in sorted(set(saved) | set(current)):
         if f"{prefix}{key}" in MAY_DIFFER_ON_RESUME:
             continue
