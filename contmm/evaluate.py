@@ -46,17 +46,19 @@ def same_vocabulary(run: ContinualRun, source: Path) -> None:
 
 
 def load_stage(run: ContinualRun, source: Path, stage: int | None) -> int:
-    """Load the weights and strategy state of ``source``'s checkpoint of ``stage`` (default:
-    its newest) into ``run``'s model and strategies (set up already); returns the stage."""
-    checkpoint = load_checkpoint(stage_checkpoint(source, stage))
+    """Set up ``run``'s strategies and load into it ``source``'s checkpoint of ``stage``
+    (default: its newest), as a resume loads one (``ContinualRun.load_stage``), holding
+    ``source`` as a reader meanwhile (``contmm.lock``); returns the stage."""
+    run.strategies.setup(run.model, run.stream)
+    with reading(source):  # a fit there does not delete the checkpoint meanwhile
+        checkpoint = load_checkpoint(stage_checkpoint(source, stage))
     saved = {k: checkpoint.state["config"].get(k) for k in MODEL_SECTIONS}
     if (
         difference := config_difference(saved, {k: run.config["dict"][k] for k in MODEL_SECTIONS})
     ) is not None:
         raise ValueError(f"the config's model does not fit the weights of {source} ({difference})")
     same_vocabulary(run, source)
-    run.strategies.load_state_dict(checkpoint.strategies)
-    run.weights.load_state_dict(checkpoint.model, f"the checkpoint of stage {checkpoint.stage} in {source}")
+    run.load_stage(checkpoint, source)
     return checkpoint.stage
 
 
@@ -71,10 +73,10 @@ def evaluate_locked(run: ContinualRun, source: str | None, stage: int | None) ->
     existing = run.run.read_results()
     if existing is not None and "scores" not in existing:
         raise ValueError(f"{run.run.path} holds a fit run's results: choose another --output_dir for eval")
-    run.strategies.setup(run.model, run.stream)
     if source is not None:
-        with reading(Path(source)):
-            stage = load_stage(run, Path(source), stage)
+        stage = load_stage(run, Path(source), stage)
+    else:
+        run.strategies.setup(run.model, run.stream)
     trainer = run.trainers("eval")
     evaluation = run.module.evaluate(trainer, run.stage_data(evaluate=range(len(run.stream.tasks))))
     names = run.stream.task_names

@@ -20,7 +20,6 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from contmm.evaluate import load_stage
-from contmm.lock import reading
 from contmm.results import atomic_write
 from contmm.runner import ContinualRun
 
@@ -48,9 +47,7 @@ def export(run: ContinualRun, source: Path, stage: int | None, output: Path) -> 
         )
     if output.exists() and any(output.iterdir()):
         raise ValueError(f"{output} is not empty: export into a new directory")
-    run.strategies.setup(run.model, run.stream)
-    with reading(source):  # a fit there does not delete the checkpoint meanwhile (contmm.lock)
-        stage = load_stage(run, source, stage)
+    stage = load_stage(run, source, stage)
     manifest = {"run": str(source), "stage": stage, "class": type(run.model.hf).__name__}
     lm = run.model.backbone.lm
     if isinstance(lm, PeftModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from copy import copy
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -271,10 +272,7 @@ class ContinualRun:
     def restore(self, checkpoint: Checkpoint) -> int:
         """Load the model, the strategies and the matrix rows of ``checkpoint``; returns the
         number of stages it completed."""
-        self.strategies.load_state_dict(checkpoint.strategies)  # rebuilds adapters, projectors
-        self.weights.load_state_dict(
-            checkpoint.model, f"the checkpoint of stage {checkpoint.stage} in {self.run.path}"
-        )
+        self.load_stage(checkpoint, self.run.path)
         self.scores.load_state_dict(checkpoint.state)
         self.held_out.load_state_dict(checkpoint.state)
         self.peaks.load_state_dict(checkpoint.state)
@@ -285,6 +283,15 @@ class ContinualRun:
             self.log_scores(stage, [self.score_loggers[0], *self.trainers.user_loggers])
         status(f"{self.run.path}: resuming after stage {checkpoint.stage} of {len(self.stream.tasks)}")
         return checkpoint.stage
+
+    def load_stage(self, checkpoint: Checkpoint, source: Path | str) -> None:
+        """Put the model of ``checkpoint`` (of the run in ``source``) into this run: the
+        strategies' state first, which rebuilds the adapters and projectors its weights fill.
+        A resume, ``contmm eval --run`` and ``contmm export`` all load a stage this way."""
+        self.strategies.load_state_dict(checkpoint.strategies)
+        self.weights.load_state_dict(
+            checkpoint.model, f"the checkpoint of stage {checkpoint.stage} in {source}"
+        )
 
     def check_inputs(self, checkpoint: Checkpoint | None) -> None:
         """Refuse to go on from ``checkpoint`` with other data, images or another tokenizer."""
