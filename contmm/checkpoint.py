@@ -212,10 +212,8 @@ def newest_loadable_checkpoint(run_path: Path) -> tuple[Path | None, Checkpoint 
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    model = _load_part(path / "model.pt", lambda f: torch.load(f, map_location="cpu", weights_only=True))
-    strategies = _load_part(
-        path / "strategies.pt", lambda f: torch.load(f, map_location="cpu", weights_only=True)
-    )
+    model = _load_part(path / "model.pt", _load_tensors)
+    strategies = _load_part(path / "strategies.pt", _load_tensors)
     state = _load_part(path / "state.json", lambda f: json.loads(f.read_text()))
     missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
     if missing:
@@ -226,13 +224,17 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(state["stage"], model, strategies, state)
 
 
+def _load_tensors(file: Path):
+    # weights_only: a pickle that would build objects or run code is refused.
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
 def _load_part(file: Path, load):
     """``load(file)``, or one error naming the file and what is wrong with it."""
     try:
         return load(file)
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
-        # weights_only refuses a pickle that would build objects or run code; a file cut
-        # short is "not a zip archive" / "failed finding central directory".
+        # A file cut short is "not a zip archive" / "failed finding central directory".
         raise ValueError(
             f"cannot load the checkpoint file {file}: {type(error).__name__}: {error}\n"
             "Start over with --resume false, or choose another --output_dir"
