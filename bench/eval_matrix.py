@@ -22,9 +22,9 @@ import torch
 from common import alternating_rounds, bench_parser, quiet_lightning
 
 from contmm.cli import build_run, fit_parser
-from contmm.matrix import ScoreMatrix
-from contmm.metrics import compute_metrics, tasks_to_evaluate
-from contmm.runner import ContinualRun
+from contmm.scoring.matrix import ScoreMatrix
+from contmm.scoring.metrics import compute_metrics, tasks_to_evaluate
+from contmm.training.runner import ContinualRun
 
 
 def build(config: str, seed: int, output_dir: str) -> ContinualRun:

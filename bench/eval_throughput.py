@@ -20,8 +20,8 @@ import time
 import torch
 from common import alternating_rounds, bench_parser, load
 
-from contmm.model import MMLLM
-from contmm.model.collate import InstructionCollator, model_inputs
+from contmm.model import MMLLM, model_inputs
+from contmm.model.collate import InstructionCollator
 
 
 def predict(model: MMLLM, batches: list[dict], max_new_tokens: int) -> tuple[list[str], float]:

@@ -20,8 +20,8 @@ import time
 import torch
 from common import alternating_rounds, bench_parser, load
 
-from contmm.image_scoring import generates_images, image_noise
 from contmm.model.generator import ModalityGenerator
+from contmm.scoring.images import generates_images, image_noise
 
 
 def draw(generator: ModalityGenerator, conditioning: torch.Tensor, ids: list[str], batch_size: int):

@@ -48,8 +48,14 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from contmm.model import BackboneConfig, EncoderConfig, ModelConfig, PretrainedMMLLM, ProjectorConfig
-from contmm.model.collate import model_inputs
+from contmm.model import (
+    BackboneConfig,
+    EncoderConfig,
+    ModelConfig,
+    PretrainedMMLLM,
+    ProjectorConfig,
+    model_inputs,
+)
 from strategies.lora import LoRA
 
 SHAPES = {

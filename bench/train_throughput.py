@@ -25,9 +25,9 @@ from common import alternating_rounds, quiet_lightning, training_batches, traini
 from torch.utils.data import DataLoader
 
 from contmm.model import MMLLM
-from contmm.module import ContinualModule, EvalConfig
-from contmm.optimizer import OptimizerConfig, build_optimizer
 from contmm.strategy import Strategies
+from contmm.training.module import ContinualModule, EvalConfig
+from contmm.training.optimizer import OptimizerConfig, build_optimizer
 
 CPU = torch.device("cpu")
 

@@ -19,10 +19,11 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 from lightning.pytorch.loggers import Logger
 
-from contmm import evaluate, export, plot, report
-from contmm.generation_grid import generation_grid_png
-from contmm.rundata import load_run
-from contmm.runner import ContinualRun
+from contmm.analysis import plot, report
+from contmm.analysis.generation_grid import generation_grid_png
+from contmm.commands import evaluate, export
+from contmm.rundir.reading import load_run
+from contmm.training.runner import ContinualRun
 
 # Trainer arguments the runner owns: the run directory, and its own samplers (seeded
 # training shuffle, evaluation shards without duplicates).

@@ -51,7 +51,7 @@ class Strategy:
 
     once_per_run = True
     # Under ``trainer.strategy: fsdp2`` ``penalty`` gets the model with its weights sharded
-    # (torch DTensors; ``contmm.sharding.whole`` / ``local`` read them, as O-LoRA and EWC
+    # (torch DTensors; ``contmm.training.sharding.whole`` / ``local`` read them, as O-LoRA and EWC
     # do); a strategy whose penalty has not been made and checked to work on shards sets it
     # to False, and is refused there.
     runs_sharded = True

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset
 
-from contmm.image_scoring import check_scorer
+from contmm.scoring.images import check_scorer
 
 
 @dataclass

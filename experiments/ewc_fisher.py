@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from contmm.checkpoint import load_checkpoint
 from contmm.cli import build_run, fit_parser
-from contmm.evaluate import stage_checkpoint
+from contmm.commands.evaluate import stage_checkpoint
 from contmm.model.collate import InstructionCollator
+from contmm.rundir.checkpoint import load_checkpoint
 from strategies.ewc import EWC
 
 # Weight groups of the assembled model, by the first pattern a parameter name matches.

@@ -35,10 +35,10 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.distributed.tensor import DTensor
 
-from contmm.distributed import all_reduce_sum
-from contmm.image_scoring import generates_images
-from contmm.sharding import local, local_part, summed_over_shards
+from contmm.scoring.images import generates_images
 from contmm.strategy import Strategy
+from contmm.training.distributed import all_reduce_sum
+from contmm.training.sharding import local, local_part, summed_over_shards
 
 
 class _FisherQuadratic(torch.autograd.Function):

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import torch
 from peft import PeftModel
 
-from contmm.sharding import whole
+from contmm.training.sharding import whole
 from strategies.lora_per_task import LLM_PROJECTIONS, LoRAPerTask
 
 

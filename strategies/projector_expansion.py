@@ -12,7 +12,7 @@ expanded the same way and a sample's route picks both. A generation prompt has n
 so it is routed by its instruction alone, and a generation task's image key is zero (it
 adds nothing to any sample's similarity).
 
-The keys and the similarity are ``contmm/routing.py``'s (shared with routed LoRA): computed
+The keys and the similarity are ``strategies/routing.py``'s (shared with routed LoRA): computed
 in closed form in one pass over the task's data; the encoder and the backbone's embeddings
 should stay frozen during the tasks (as EProj keeps them). Composed with replay, the keys of
 a task would also see the replayed samples; put this strategy first or use it alone.
@@ -26,8 +26,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from contmm.routing import RoutingAccuracy, instruction_features, key_similarity, task_keys
 from contmm.strategy import Strategy
+from strategies.routing import RoutingAccuracy, instruction_features, key_similarity, task_keys
 
 
 class ProjectorCopies(nn.Module):

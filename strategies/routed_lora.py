@@ -1,7 +1,7 @@
 """Routed LoRA: a LoRA adapter per task, picked per sample at evaluation without the task id.
 
 Each task tunes its own adapter on the frozen LLM, as LoRA per task does; after the task
-its keys are stored (an instruction key and an image key, ``contmm/routing.py``, the same
+its keys are stored (an instruction key and an image key, ``strategies/routing.py``, the same
 code projector expansion routes with). At evaluation every sample goes to the adapter of
 the task whose keys its own features are most similar to, and the batch is decoded with a
 per-row adapter (peft's mixed-adapter batches). This is the idea behind DISCO, HiDe-LLaVA
@@ -17,9 +17,15 @@ from contextlib import contextmanager
 
 import torch
 
-from contmm.image_scoring import generates_images
-from contmm.routing import RoutingAccuracy, image_features, instruction_features, key_similarity, task_keys
+from contmm.scoring.images import generates_images
 from strategies.lora_per_task import LLM_PROJECTIONS, LoRAPerTask
+from strategies.routing import (
+    RoutingAccuracy,
+    image_features,
+    instruction_features,
+    key_similarity,
+    task_keys,
+)
 
 
 class RoutedLoRA(LoRAPerTask):

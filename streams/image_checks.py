@@ -11,7 +11,7 @@ together) take turns (``flock``) and each adds its checks to what the file holds
 none is lost. A cache that cannot be read or written is skipped with a warning.
 
 An image's stamp says which version of it was read; it is also what the run's fingerprint
-records (``contmm/fingerprint.py``), so a resume on a changed image is refused. ``stat``
+records (``contmm/rundir/fingerprint.py``), so a resume on a changed image is refused. ``stat``
 stamps an image by its size, modification time (ns) and inode: a file replaced (``mv``,
 ``cp``, an editor's save) changes one of them. ``content`` stamps it by its size and a hash
 of its bytes, for file systems that keep no modification times; it reads every image at
@@ -39,9 +39,9 @@ from typing import Literal
 
 from PIL import Image
 
-from contmm.environment import usable_cores
-from contmm.images import open_rgb
-from contmm.results import atomic_write
+from contmm.model.images import open_rgb
+from contmm.rundir.directory import atomic_write
+from contmm.training.environment import usable_cores
 
 ImageCheck = Literal["decode", "header"]
 ImageChanges = Literal["stat", "content"]

@@ -34,7 +34,7 @@ which a later build over the unchanged file, with the same settings, loads them.
 images are still looked up in the image checks (an image changed since is checked again;
 one missing, moved or broken has the file read anew, which names the records).
 
-A task whose scorer scores images (``clip_score``; see ``contmm/image_scoring.py``) is a
+A task whose scorer scores images (``clip_score``; see ``contmm/scoring/images.py``) is a
 text-to-image task: both its files hold drawing records, the image being what to draw::
 
     {"id": "d1", "instruction": "Draw a red bus on a street.", "image": "gen/1.jpg",
@@ -57,12 +57,12 @@ from typing import Literal
 
 from torch.utils.data import Dataset
 
-import contmm.scoring
-from contmm.image_scoring import check_scorer, generates_images
-from contmm.images import open_rgb
-from contmm.scoring import extract_choice, normalize
+import contmm.scoring.text
+from contmm.model.images import open_rgb
+from contmm.model.tokenizer import IMAGE_TOKEN
+from contmm.scoring.images import check_scorer, generates_images
+from contmm.scoring.text import extract_choice, normalize
 from contmm.stream import Task, TaskStream, check_task_names
-from contmm.tokenizer import IMAGE_TOKEN
 from streams.image_checks import ImageChanges, ImageCheck, ImageChecks
 from streams.stream_cache import StreamCache, code_digest
 
@@ -116,7 +116,7 @@ class LLaVADataset(Dataset):
 
     def image_stamps(self) -> dict[str, list]:
         """Each image file the split reads, in the order its samples first name them → its
-        stamp: what the run's fingerprint records (``contmm/fingerprint.py``)."""
+        stamp: what the run's fingerprint records (``contmm/rundir/fingerprint.py``)."""
         return {str(sample.image): self.stamps[sample.image] for sample in self.samples}
 
     def text(self, index: int) -> dict:
@@ -323,7 +323,7 @@ class _Reader:
         self.resolved: dict[str, Path | RecordError] = {}
         self.real_folders: dict[str, str] = {}  # a folder of image names → its resolved path
         # How records are read is in this module; what makes a test answer scorable, in scoring's.
-        self.cache = StreamCache(code_digest(Path(__file__), Path(contmm.scoring.__file__)))
+        self.cache = StreamCache(code_digest(Path(__file__), Path(contmm.scoring.text.__file__)))
 
     def task(self, files: TaskFiles) -> Task:
         """The task ``files`` name, both splits read and checked."""

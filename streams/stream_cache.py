@@ -35,7 +35,7 @@ import time
 import warnings
 from pathlib import Path
 
-from contmm.results import atomic_write
+from contmm.rundir.directory import atomic_write
 from streams.image_checks import cache_dir
 
 FORMAT = 1  # the layout of an entry; the code digest covers the rest

@@ -7,7 +7,7 @@ later task answers an earlier task's question with the later task's vocabulary. 
 captioning task describes the whole object and serves MM pre-training (alignment).
 
 The generation tasks turn it round: an instruction ("draw a red shape .") in, an image out,
-scored by a pixel scorer (``contmm/image_scoring.py``) on the colour or quadrant drawn. Their
+scored by a pixel scorer (``contmm/scoring/images.py``) on the colour or quadrant drawn. Their
 samples carry the rendered scene as ``target`` and a ``caption`` for the generator's text
 encoder; with them in the stream, pre-training also draws whole scenes.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageDraw
 from torch.utils.data import ConcatDataset, Dataset
 
-from contmm.image_scoring import BACKGROUND, PALETTE, QUADRANTS
+from contmm.scoring.images import BACKGROUND, PALETTE, QUADRANTS
 from contmm.stream import Task, TaskStream
 
 COLOURS = PALETTE

@@ -17,7 +17,7 @@ from transformers import (
     CLIPTextModel,
 )
 
-from contmm.tokenizer import build_word_tokenizer
+from contmm.model.tokenizer import build_word_tokenizer
 from streams.synthetic import COLOURS, QUADRANTS, SHAPES
 
 # Every word the synthetic stream's captions use.

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from contmm.cli import main
 from contmm.model import BackboneConfig, EncoderConfig, ModelConfig, ProjectorConfig
 from contmm.model.collate import InstructionCollator
-from contmm.module import ContinualModule
+from contmm.training.module import ContinualModule
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -104,7 +104,7 @@ class KillAt(Strategy):
             os.killpg(os.getpgid(0), signal.SIGKILL)
 
     def _patch_training_step(self) -> None:
-        from contmm.module import ContinualModule
+        from contmm.training.module import ContinualModule
 
         training_step = ContinualModule.training_step
         pretraining = self.moment == "pretrain"
@@ -120,7 +120,7 @@ class KillAt(Strategy):
         ContinualModule.training_step = step
 
     def _patch_test_step(self) -> None:
-        from contmm.module import ContinualModule
+        from contmm.training.module import ContinualModule
 
         test_step = ContinualModule.test_step
         task = None if self.moment == "row0" else 1
@@ -133,7 +133,7 @@ class KillAt(Strategy):
         ContinualModule.test_step = step
 
     def _patch_checkpoint_save(self) -> None:
-        from contmm import checkpoint
+        from contmm.rundir import checkpoint
 
         save = checkpoint.torch.save
 

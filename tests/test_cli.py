@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from contmm import runner
 from contmm.cli import main
+from contmm.training import runner
 from tests.helpers import TINY_RUN, fit_error, run_fit
 
 pytestmark = pytest.mark.usefixtures("in_repo")

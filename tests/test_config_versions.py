@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from contmm.checkpoint import config_difference
 from contmm.cli import main
+from contmm.rundir.checkpoint import config_difference
 from tests.helpers import TINY_RUN, fit_error
 
 STREAM = {"class_path": "streams.synthetic.SyntheticShapes", "init_args": {"tasks": ["colour"], "seed": 0}}

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from contmm.image_scoring import ClipScore
 from contmm.model import MMLLM, BackboneConfig, EncoderConfig, ModelConfig, build_model
 from contmm.model.generator import GeneratorConfig, ModalityGenerator
+from contmm.scoring.images import ClipScore
 from streams.synthetic import SyntheticShapes
 from tests.checkpoints import fit_config, llava_model, llava_processor, save_checkpoint
 from tests.generators import save_pixel_generator, save_tiny_clip

@@ -2,8 +2,8 @@
 
 import pytest
 
-from contmm.data import DataConfig
-from contmm.environment import usable_cores
+from contmm.training.data import DataConfig
+from contmm.training.environment import usable_cores
 
 
 def test_workers_default_to_none_on_the_cpu_and_to_a_few_per_gpu():

@@ -14,7 +14,7 @@ from torchmetrics.multimodal import CLIPScore
 from transformers import CLIPModel, CLIPProcessor
 
 from contmm.cli import main
-from contmm.image_scoring import ClipScore, check_scorer
+from contmm.scoring.images import ClipScore, check_scorer
 from streams.llava import LLaVAStream, TaskFiles
 from tests.generators import save_pixel_generator, save_tiny_clip
 from tests.helpers import fit_error

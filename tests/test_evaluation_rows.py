@@ -6,7 +6,7 @@ import json
 import pytest
 
 from contmm.cli import main
-from contmm.metrics import tasks_to_evaluate
+from contmm.scoring.metrics import tasks_to_evaluate
 from tests.helpers import TINY_RUN
 
 pytestmark = pytest.mark.usefixtures("in_repo")

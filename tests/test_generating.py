@@ -3,17 +3,18 @@ objectives, and batched seeded image generation in evaluation."""
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from contmm.fingerprint import changed_input, run_inputs
-from contmm.image_scoring import image_path
 from contmm.model import MMLLM, ModelConfig, build_model
 from contmm.model.collate import IGNORE_INDEX, InstructionCollator
 from contmm.model.generating import conditioning, generate_images
 from contmm.model.generator import GeneratorConfig
 from contmm.model.output_projector import OutputProjectorConfig
+from contmm.rundir.fingerprint import changed_input, run_inputs
+from contmm.scoring.images import image_path
 from strategies.ewc import EWC
 from strategies.lora_per_task import LoRAPerTask
 from strategies.projector_expansion import ProjectorExpansion
@@ -118,6 +119,23 @@ def test_an_image_is_drawn_for_each_prompt_that_writes_the_signal_tokens(any2any
         conditioning(model, hidden.hidden_states[-1], ids), [torch.Generator().manual_seed(3)]
     )
     assert torch.allclose(images[2], alone[0], atol=1e-5)
+
+
+def test_model_draw_gives_the_generated_images_as_pictures_and_a_model_without_a_generator_refuses(
+    any2any, generator_dir, model
+):
+    drawing = drawing_model(any2any, generator_dir)
+    batch = InstructionCollator(drawing, train=False)([any2any.tasks[1].test[i] for i in range(2)])
+    tokens, pixels = generate_images(drawing, batch, 3, [torch.Generator().manual_seed(s) for s in (1, 2)])
+    drawn_tokens, pictures = drawing.draw(batch, 3, [torch.Generator().manual_seed(s) for s in (1, 2)])
+    assert torch.equal(tokens, drawn_tokens) and sorted(pictures) == sorted(pixels)
+    for row, picture in pictures.items():
+        assert torch.equal(
+            torch.from_numpy(np.asarray(picture)),
+            (pixels[row].clamp(0, 1) * 255).round().byte().permute(1, 2, 0),
+        )
+    with pytest.raises(ValueError, match="MMLLM draws no images"):
+        model.draw(batch, 3, [])
 
 
 def test_a_generation_sample_for_a_model_without_a_generator_is_named(any2any, model):

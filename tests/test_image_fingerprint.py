@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from contmm.cli import main
-from contmm.fingerprint import IMAGES, changed_input, record_images, run_inputs
-from contmm.results import RunDirectory
+from contmm.rundir.directory import RunDirectory
+from contmm.rundir.fingerprint import IMAGES, changed_input, record_images, run_inputs
 from streams.llava import LLaVAStream, TaskFiles
 from tests.helpers import crash_in_training, fit_error
 from tests.llava_files import cli_args, coin, conversation, write_cli_stream, write_image, write_json

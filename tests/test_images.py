@@ -9,8 +9,8 @@ import pytest
 from PIL import ExifTags, Image
 from transformers.image_utils import load_image
 
-from contmm.images import open_rgb, to_rgb
 from contmm.model.collate import sample_image
+from contmm.model.images import open_rgb, to_rgb
 from streams.llava import LLaVADataset, Sample
 
 

@@ -1,4 +1,4 @@
-"""The run directory's locks (contmm/lock.py): a live holder excludes others, a killed one
+"""The run directory's locks (contmm/rundir/lock.py): a live holder excludes others, a killed one
 never blocks the next run, a lease on file systems shared by hosts, readers beside a fit."""
 
 import json
@@ -12,14 +12,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from contmm import lock as lock_module
-from contmm.lock import LOCK, locked, no_readers, reading
+from contmm.rundir import lock as lock_module
+from contmm.rundir.lock import LOCK, locked, no_readers, reading
 from tests.helpers import REPO
 
 HOLD = """
 import sys
 from pathlib import Path
-from contmm.lock import locked
+from contmm.rundir.lock import locked
 with locked(Path(sys.argv[1]), "contmm fit"):
     print("held", flush=True)
     sys.stdin.read()
@@ -148,7 +148,7 @@ def test_a_lease_that_is_not_a_number_is_named(tmp_path, monkeypatch):
 KILLED_WITH_A_WORKER = """
 import os, signal, sys, time
 from pathlib import Path
-from contmm.lock import locked
+from contmm.rundir.lock import locked
 with locked(Path(sys.argv[1]), "contmm fit"):
     if os.fork() == 0:  # a DataLoader worker, which outlives its killed parent a while
         for fd in (1, 2):  # not the pipe the test reads to its end

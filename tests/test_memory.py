@@ -2,7 +2,7 @@
 
 import pytest
 
-from contmm.memory import estimate
+from contmm.training.memory import estimate
 
 MiB = 2**20
 

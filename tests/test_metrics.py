@@ -2,7 +2,7 @@
 
 import pytest
 
-from contmm.metrics import (
+from contmm.scoring.metrics import (
     acc,
     bwt,
     compute_metrics,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from contmm.model import MMLLM, BackboneConfig, EncoderConfig
-from contmm.model.collate import IGNORE_INDEX, InstructionCollator, model_inputs
+from contmm.model import MMLLM, BackboneConfig, EncoderConfig, model_inputs
+from contmm.model.collate import IGNORE_INDEX, InstructionCollator
 from tests.helpers import tiny_config
 
 

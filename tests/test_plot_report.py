@@ -12,9 +12,9 @@ import pytest
 import yaml
 from lightning.pytorch.loggers import CSVLogger
 
+from contmm.analysis.plot import plot_runs
 from contmm.cli import main
-from contmm.plot import plot_runs
-from contmm.rundata import load_run
+from contmm.rundir.reading import load_run
 
 TASKS = ["colour", "shape", "count"]
 # R[0][2] was not evaluated: FWT is n/a, the heatmap shows "–" and the count curve has a gap.

@@ -9,9 +9,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig
 
 from contmm.cli import main
-from contmm.model import BackboneConfig, ModelConfig, build_model
+from contmm.model import BackboneConfig, ModelConfig, build_model, model_inputs
 from contmm.model.chat import chat_messages
-from contmm.model.collate import IGNORE_INDEX, model_inputs
+from contmm.model.collate import IGNORE_INDEX
 from strategies.ewc import EWC
 from strategies.projector_expansion import ProjectorExpansion
 from tests.checkpoints import fit_config, reference_answer, save_checkpoint, with_images

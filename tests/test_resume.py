@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from contmm.cli import main
-from contmm.module import ContinualModule
 from contmm.strategy import Strategy
+from contmm.training.module import ContinualModule
 from tests.helpers import TINY_RUN, crash_in_evaluation, crash_in_training, fit_error, run_files, run_fit
 
 # Three tasks, with the two strategies whose state a resume must carry: replay memory and

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from contmm.model.collate import InstructionCollator
-from contmm.routing import instruction_features, key_similarity
 from strategies.routed_lora import RoutedLoRA
+from strategies.routing import instruction_features, key_similarity
 from streams.synthetic import SyntheticShapes
 from tests.helpers import TINY_RUN, run_fit, start, train_loader, train_steps
 

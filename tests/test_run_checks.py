@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from contmm import runner
 from contmm.strategy import Strategies
+from contmm.training import runner
 from strategies.ewc import EWC
 from strategies.naive import Naive
 from strategies.replay import Replay

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from contmm.cli import main
-from contmm.lock import locked, reading
-from contmm.module import ContinualModule
+from contmm.rundir.lock import locked, reading
+from contmm.training.module import ContinualModule
 from tests.helpers import REPO, TINY_RUN, crash_in_training, fit_error, truncate
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_repo")]

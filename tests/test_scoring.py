@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from contmm.scoring import (
+from contmm.scoring.text import (
     SCORERS,
     contains,
     exact_match,

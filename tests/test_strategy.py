@@ -9,9 +9,9 @@ import torch
 
 from contmm.cli import main
 from contmm.model.collate import InstructionCollator
-from contmm.module import ContinualModule, EvalConfig
-from contmm.optimizer import OptimizerConfig, build_optimizer
 from contmm.strategy import Strategies, Strategy
+from contmm.training.module import ContinualModule, EvalConfig
+from contmm.training.optimizer import OptimizerConfig, build_optimizer
 from tests.helpers import TINY_RUN
 
 

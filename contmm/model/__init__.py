@@ -3,7 +3,7 @@
 from collections.abc import Iterable
 
 from contmm.model.backbone import BackboneConfig, LLMBackbone
-from contmm.model.components import COMPONENTS, ComponentModel
+from contmm.model.components import COMPONENTS, ComponentModel, model_inputs
 from contmm.model.encoder import EncoderConfig, ModalityEncoder
 from contmm.model.mmllm import MMLLM, ModelConfig
 from contmm.model.pretrained import PretrainedMMLLM
@@ -44,4 +44,5 @@ __all__ = [
     "ProjectorConfig",
     "build_model",
     "build_projector",
+    "model_inputs",
 ]

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from contmm.model_files import check_model_dir, loader_errors
-from contmm.tokenizer import IMAGE_TOKEN
+from contmm.model.files import check_model_dir, loader_errors
+from contmm.model.tokenizer import IMAGE_TOKEN
 
 SETTING = "model.backbone.pretrained"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from contmm.model.collate import IGNORE_INDEX, is_generation, sample_image
-from contmm.tokenizer import IMAGE_TOKEN
+from contmm.model.tokenizer import IMAGE_TOKEN
 
 
 def chat_messages(sample: dict, with_answers: bool) -> list[dict]:

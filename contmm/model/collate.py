@@ -2,7 +2,7 @@
 
 Training batches carry labels on the answer tokens only (``-100`` elsewhere); evaluation
 batches are left-padded prompts for batched generation, with the samples' ids, questions
-and answers beside the model inputs (``SAMPLE_FIELDS``).
+and answers beside the model inputs (``contmm.model.components.SAMPLE_FIELDS``).
 
 A generation sample (:func:`is_generation`) has no input image and a ``target`` image; its
 answer is the model's signal tokens, and a training batch carries what its Output Projector
@@ -17,24 +17,17 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from contmm.images import open_rgb, to_rgb
+from contmm.model.images import open_rgb, to_rgb
 
 if TYPE_CHECKING:
-    from contmm.model.mmllm import MMLLM
+    from contmm.model.components import ComponentModel
 
 IGNORE_INDEX = -100
-# What an evaluation batch says about its samples, beside the model's inputs.
-SAMPLE_FIELDS = ("ids", "questions", "answers")
 
 
 def is_generation(sample: dict) -> bool:
     """A text-to-image sample: an instruction in, its ``target`` image out."""
     return "target" in sample
-
-
-def model_inputs(batch: dict) -> dict:
-    """The batch without its sample fields: what the model's forward / generate take."""
-    return {k: v for k, v in batch.items() if k not in SAMPLE_FIELDS}
 
 
 def sample_image(sample: dict, key: str = "image") -> Image.Image:
@@ -47,7 +40,7 @@ def sample_image(sample: dict, key: str = "image") -> Image.Image:
 class InstructionCollator:
     """Tokenise prompts (and answers), expand the image placeholder, preprocess images."""
 
-    def __init__(self, model: MMLLM, train: bool) -> None:
+    def __init__(self, model: ComponentModel, train: bool) -> None:
         self.tokenizer = model.tokenizer
         self.prompt = model.cfg.prompt
         self.preprocess = model.encoder.preprocess

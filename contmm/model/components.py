@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
@@ -13,6 +14,14 @@ COMPONENTS = ("encoder", "input_projector", "backbone")
 # The generating half (arXiv 2401.13601's Output Projector and Modality Generator): a model
 # that generates images has these components too.
 GENERATING = ("output_projector", "generator")
+# What an evaluation batch says about its samples beside the model's inputs: the collators
+# put them there, ``generate`` and ``draw`` read past them.
+SAMPLE_FIELDS = ("ids", "questions", "answers")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The batch without its sample fields: what the model's forward / generate take."""
+    return {k: v for k, v in batch.items() if k not in SAMPLE_FIELDS}
 
 
 def _tensors(module: nn.Module) -> list[torch.Tensor]:
@@ -38,11 +47,20 @@ class ComponentModel(nn.Module):
     ``backbone``, and ``output_projector``, ``generator`` where it generates images; the
     config's ``model.<component>.freeze`` says which are trained).
 
+    This is the interface the rest of contmm (the LightningModule, the strategies, the
+    commands) is written against; every model implements it: the assembled
+    :class:`~contmm.model.MMLLM`, a whole checkpoint (:class:`~contmm.model.PretrainedMMLLM`),
+    and the sharded copy a fit trains under ``fsdp2`` (the same class, its weights DTensors).
     Subclasses give ``components()``, ``forward(**batch)`` (its output has the LM ``loss``
-    when the batch has ``labels``), ``generate(batch, max_new_tokens)`` (the new tokens
-    only), ``collator(train)``, ``tokenizer``, ``projector_inputs(pixel_values)`` (what the
-    input projector reads, per image) and ``set_input_projector(module)``.
+    when the batch has ``labels``), ``generate``, ``collator(train)``, ``tokenizer``,
+    ``projector_inputs(pixel_values)`` (what the input projector reads, per image) and
+    ``set_input_projector(module)``; a model that draws images sets ``generates`` and gives
+    ``draw``.
     """
+
+    # Whether the model has the generating half (``output_projector``, ``generator``) and
+    # draws images with ``draw``.
+    generates = False
 
     # Whether the input projector maps each image's tokens on their own (a batch of images
     # in, the same batch out), so that a sample's image can be sent to a projector of its own.
@@ -50,6 +68,18 @@ class ComponentModel(nn.Module):
 
     def components(self) -> dict[str, nn.Module]:
         raise NotImplementedError
+
+    def generate(self, batch: dict, max_new_tokens: int) -> torch.Tensor:
+        """Greedy decoding of an evaluation batch (left-padded prompts; its sample fields are
+        read past); the new tokens only."""
+        raise NotImplementedError
+
+    def draw(
+        self, batch: dict, max_new_tokens: int, noise: list[torch.Generator]
+    ) -> tuple[torch.Tensor, dict[int, Image.Image]]:
+        """Greedy decoding as ``generate``, then an image for every row whose answer asks for
+        one, row ``i`` sampled from ``noise[i]``: the new tokens and ``{row: image}``."""
+        raise ValueError(f"{type(self).__name__} draws no images: it has no output projector and generator")
 
     def component_tensors(self, name: str) -> list[torch.Tensor]:
         """The parameters and buffers of component ``name``, less those of another component

@@ -9,7 +9,7 @@ from PIL import Image
 from torch import nn
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPImageProcessor
 
-from contmm.model_files import check_model_dir, loader_errors
+from contmm.model.files import check_model_dir, loader_errors
 
 
 @dataclass

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from contmm.model.collate import pad_tokens
 
 if TYPE_CHECKING:
-    from contmm.model.mmllm import MMLLM
+    from contmm.model.components import ComponentModel
 
 
-def conditioning(model: MMLLM, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+def conditioning(model: ComponentModel, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """The Output Projector applied to the last hidden states at each row's ``k`` signal tokens."""
     signal = torch.isin(input_ids, torch.tensor(model.signal_token_ids, device=input_ids.device))
     k = len(model.signal_token_ids)
@@ -34,7 +34,7 @@ def conditioning(model: MMLLM, hidden: torch.Tensor, input_ids: torch.Tensor) ->
 
 
 def generation_loss(
-    model: MMLLM,
+    model: ComponentModel,
     hidden: torch.Tensor,
     input_ids: torch.Tensor,
     generation_rows: torch.Tensor,
@@ -56,7 +56,7 @@ def generation_loss(
 
 @torch.no_grad()
 def generate_images(
-    model: MMLLM, batch: dict, max_new_tokens: int, noise: list[torch.Generator]
+    model: ComponentModel, batch: dict, max_new_tokens: int, noise: list[torch.Generator]
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Greedy decoding of the prompts, then an image for every row whose answer starts its
     signal tokens: all of them denoised together, row ``i`` from ``noise[i]``. Returns the

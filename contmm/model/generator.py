@@ -29,9 +29,9 @@ from PIL import Image
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from contmm.images import to_rgb
-from contmm.model_files import check_model_dir, loader_errors
-from contmm.settings import check_at_least
+from contmm.checks import check_at_least
+from contmm.model.files import check_model_dir, loader_errors
+from contmm.model.images import to_rgb
 
 SETTING = "model.generator.pretrained"
 # The parts (subfolders) of a Stable Diffusion layout that are loaded.

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from PIL import Image
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -23,11 +24,11 @@ from contmm.model.backbone import BackboneConfig, LLMBackbone, load_tokenizer
 from contmm.model.collate import InstructionCollator
 from contmm.model.components import COMPONENTS, GENERATING, ComponentModel
 from contmm.model.encoder import EncoderConfig, ModalityEncoder
-from contmm.model.generating import generation_loss
-from contmm.model.generator import GeneratorConfig, ModalityGenerator
+from contmm.model.generating import generate_images, generation_loss
+from contmm.model.generator import GeneratorConfig, ModalityGenerator, to_images
 from contmm.model.output_projector import OutputProjectorConfig, build_output_projector, signal_tokens
 from contmm.model.projector import ProjectorConfig, build_projector
-from contmm.tokenizer import IMAGE_TOKEN, build_word_tokenizer
+from contmm.model.tokenizer import IMAGE_TOKEN, build_word_tokenizer
 
 
 @dataclass
@@ -201,3 +202,15 @@ class MMLLM(ComponentModel):
             do_sample=False,
             **routed,
         )
+
+    def draw(
+        self, batch: dict, max_new_tokens: int, noise: list[torch.Generator]
+    ) -> tuple[torch.Tensor, dict[int, Image.Image]]:
+        """Greedy decoding, then the generating half on every row whose answer starts its
+        signal tokens, all sampled together (``contmm.model.generating``)."""
+        if not self.generates:
+            return super().draw(batch, max_new_tokens, noise)
+        new_tokens, pixels = generate_images(self, batch, max_new_tokens, noise)
+        if not pixels:
+            return new_tokens, {}
+        return new_tokens, dict(zip(pixels, to_images(torch.stack(list(pixels.values())))))

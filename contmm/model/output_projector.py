@@ -16,9 +16,9 @@ from typing import Literal
 
 from torch import nn
 
+from contmm.checks import check_at_least
+from contmm.model.files import load_safetensors
 from contmm.model.projector import Resampler
-from contmm.model_files import load_safetensors
-from contmm.settings import check_at_least
 
 
 def signal_tokens(count: int) -> list[str]:

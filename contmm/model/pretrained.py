@@ -17,8 +17,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from contmm.model.chat import ChatCollator
-from contmm.model.components import ComponentModel
-from contmm.model_files import check_model_dir, loader_errors
+from contmm.model.components import ComponentModel, model_inputs
+from contmm.model.files import check_model_dir, loader_errors
 
 # Where each supported family keeps the survey's components (attribute paths).
 FAMILIES = {
@@ -177,5 +177,5 @@ class PretrainedMMLLM(ComponentModel):
     @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int) -> torch.Tensor:
         """The checkpoint's own greedy ``generate`` on a left-padded batch; the new tokens."""
-        tokens = self.hf.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        tokens = self.hf.generate(**model_inputs(batch), max_new_tokens=max_new_tokens, do_sample=False)
         return tokens[:, batch["input_ids"].shape[1] :]

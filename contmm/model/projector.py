@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from contmm.model_files import load_safetensors
+from contmm.model.files import load_safetensors
 
 
 @dataclass

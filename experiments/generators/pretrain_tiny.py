@@ -26,9 +26,9 @@ from jsonargparse import CLI
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from contmm.image_scoring import QUADRANTS, colour_match, quadrant_match
 from contmm.model.generator import GeneratorConfig, ModalityGenerator, to_images, to_pixels
-from contmm.tokenizer import build_word_tokenizer
+from contmm.model.tokenizer import build_word_tokenizer
+from contmm.scoring.images import QUADRANTS, colour_match, quadrant_match
 from streams.synthetic import COLOURS, SHAPES, Obj, render
 
 CAPTION_LENGTH = 8  # "a red circle in the top left" is 7 words

@@ -21,8 +21,8 @@ import statistics
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from contmm.metrics import compute_metrics, mean_retention, why_missing
-from contmm.rundata import RunData, seed_groups
+from contmm.rundir.reading import RunData, seed_groups
+from contmm.scoring.metrics import compute_metrics, mean_retention, why_missing
 
 
 class Column(NamedTuple):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from contmm.metrics import tasks_to_evaluate
+from contmm.scoring.metrics import tasks_to_evaluate
 
 MATRIX_MODES = ("full", "lower")
 SCORES_CSV = Path("logs/csv/scores/metrics.csv")

@@ -33,10 +33,10 @@ from typing import Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from contmm.config_versions import with_new_defaults
-from contmm.distributed import status
-from contmm.lock import no_readers
 from contmm.model import ComponentModel
+from contmm.rundir.config_versions import with_new_defaults
+from contmm.rundir.lock import no_readers
+from contmm.training.distributed import status
 
 CHECKPOINTS = "checkpoints"
 # The settings a resume may change; any other difference from the run's config is refused.
@@ -261,7 +261,7 @@ def config_difference(saved: dict, current: dict, prefix: str = "") -> str | Non
     now', or None. ``resume``, ``output_dir`` (a moved run directory) and
     ``trainer.strategy`` may differ: ddp and fsdp2 train the same weights (tests/test_sharding.py).
     A parameter a class gained since ``saved`` was written counts at its default there
-    (``contmm.config_versions``)."""
+    (``contmm.rundir.config_versions``)."""
     if not prefix:
         saved = with_new_defaults(saved, current)
     for key in sorted(set(saved) | set(current)):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from contmm.evaluation import Evaluation
-from contmm.metrics import mean_retention, retention
+from contmm.scoring.evaluation import Evaluation
+from contmm.scoring.metrics import mean_retention, retention
 from contmm.stream import Task, TaskStream
 
 

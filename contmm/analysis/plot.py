@@ -5,7 +5,7 @@ on the stage that trained the task (and, dotted and grey, every held-out task's,
 stage trains), and (b) its score matrix R as a heatmap. Several runs:
 on top, the average score of the tasks seen so far after each stage, one line per run
 (the curve whose mean is MAA), then panels (a) and (b) of every run, one row per run. Runs
-of one config over several seeds (:func:`~contmm.rundata.seed_groups`) are one line on
+of one config over several seeds (:func:`~contmm.rundir.reading.seed_groups`) are one line on
 top, their mean, in a band of ± one standard deviation.
 Missing cells are gaps in the curves and "–" in the heatmaps, never zeros (blank where
 the "lower" matrix mode leaves a cell unscored by design).
@@ -24,8 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from contmm.metrics import stage_averages
-from contmm.rundata import RunData, seed_groups
+from contmm.rundir.reading import RunData, seed_groups
+from contmm.scoring.metrics import stage_averages
 
 # Scores of small runs are often exactly 0 or 1 for several tasks at once: distinct markers
 # and dash patterns keep lines that lie on top of each other tellable apart.

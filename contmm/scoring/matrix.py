@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from contmm.evaluation import Evaluation
-from contmm.metrics import compute_metrics, metric_details
+from contmm.scoring.evaluation import Evaluation
+from contmm.scoring.metrics import compute_metrics, metric_details
 
 
 def row_after(task_id: int) -> int:
@@ -27,7 +27,7 @@ class ScoreMatrix:
 
     def record(self, row: int, evaluation: Evaluation) -> None:
         for task_id, score in evaluation.scores.items():
-            if task_id >= len(self.tasks):  # a held-out task (contmm/held_out.py): not a column of R
+            if task_id >= len(self.tasks):  # a held-out task (contmm/scoring/held_out.py): not a column of R
                 continue
             self.strict[row][task_id] = score
             self.lenient[row][task_id] = evaluation.lenient_scores[task_id]

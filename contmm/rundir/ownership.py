@@ -16,7 +16,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from contmm.lock import LOCK, READERS
+from contmm.rundir.lock import LOCK, READERS
 
 MARKER = ".contmm-run"
 # The folders under logs/csv and logs/tensorboard that contmm's own loggers write.
@@ -25,7 +25,7 @@ LOG_VERSIONS = ("pretrain", "scores", "stage_*")
 WRITTEN = (
     "results.json",
     "generations.png",
-    "inputs/images.json",  # every image's stamp (contmm/fingerprint.py)
+    "inputs/images.json",  # every image's stamp (contmm/rundir/fingerprint.py)
     "predictions/stage_*/*.jsonl",
     "predictions/stage_*/*/*.png",  # a generation task's images
     *(

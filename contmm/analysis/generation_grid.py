@@ -17,7 +17,7 @@ import textwrap
 from matplotlib.figure import Figure
 from PIL import Image
 
-from contmm.rundata import RunData
+from contmm.rundir.reading import RunData
 
 GRID_NAME = "generations.png"
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from contmm.distributed import all_reduce_sum
 from contmm.model.collate import IGNORE_INDEX
+from contmm.training.distributed import all_reduce_sum
 
 
 def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,10 @@ from typing import Any
 
 import lightning as L
 
-from contmm.checkpoint import (
+from contmm.analysis.generation_grid import GRID_NAME, generation_grid_png
+from contmm.checks import check_at_least, check_positive, check_seed
+from contmm.model import ModelConfig, build_model
+from contmm.rundir.checkpoint import (
     Checkpoint,
     CheckpointConfig,
     TrainedWeights,
@@ -24,28 +27,25 @@ from contmm.checkpoint import (
     newest_loadable_checkpoint,
     save_checkpoint,
 )
-from contmm.data import DataConfig, StageData
-from contmm.distributed import status
-from contmm.environment import environment
-from contmm.fingerprint import changed_input, record_images, run_inputs
-from contmm.generation_grid import GRID_NAME, generation_grid_png
-from contmm.held_out import HeldOutScores, split_held_out
-from contmm.image_scoring import generates_images
-from contmm.matrix import ScoreMatrix, row_after
-from contmm.memory import estimate
-from contmm.metrics import compute_metrics, tasks_to_evaluate
-from contmm.model import ModelConfig, build_model
-from contmm.module import ContinualModule, EvalConfig
-from contmm.optimizer import OptimizerConfig
-from contmm.peak_memory import StagePeaks
-from contmm.preemption import requeue_on_preemption
-from contmm.results import RunDirectory, summary_table
-from contmm.rundata import load_run
-from contmm.settings import check_at_least, check_positive, check_seed
-from contmm.sharding import STRATEGY_NAME as SHARDED_STRATEGY
+from contmm.rundir.directory import RunDirectory, summary_table
+from contmm.rundir.fingerprint import changed_input, record_images, run_inputs
+from contmm.rundir.reading import load_run
+from contmm.scoring.held_out import HeldOutScores, split_held_out
+from contmm.scoring.images import generates_images
+from contmm.scoring.matrix import ScoreMatrix, row_after
+from contmm.scoring.metrics import compute_metrics, tasks_to_evaluate
 from contmm.strategy import Strategies, Strategy
 from contmm.stream import Task, TaskStream
-from contmm.trainers import StageTrainers, run_loggers
+from contmm.training.data import DataConfig, StageData
+from contmm.training.distributed import status
+from contmm.training.environment import environment
+from contmm.training.memory import estimate
+from contmm.training.module import ContinualModule, EvalConfig
+from contmm.training.optimizer import OptimizerConfig
+from contmm.training.peak_memory import StagePeaks
+from contmm.training.preemption import requeue_on_preemption
+from contmm.training.sharding import STRATEGY_NAME as SHARDED_STRATEGY
+from contmm.training.trainers import StageTrainers, run_loggers
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ class ContinualRun:
     def resume_point(self) -> Checkpoint | None:
         """The checkpoint to go on from; None to start from the beginning. A run directory
         that holds another config's results, or results whose checkpoints are gone, is
-        refused; ``resume=False`` deletes what contmm wrote there (``contmm.ownership``)."""
+        refused; ``resume=False`` deletes what contmm wrote there (``contmm.rundir.ownership``)."""
         if not self.resume:
             if kept := self.run.clear():
                 shown = ", ".join(str(p.relative_to(self.run.path)) for p in kept[:5])

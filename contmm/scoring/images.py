@@ -22,8 +22,8 @@ from PIL import Image
 from torchmetrics.functional.multimodal import clip_score
 from transformers import CLIPModel, CLIPProcessor
 
-from contmm.model_files import check_model_dir, loader_errors
-from contmm.scoring import SCORERS
+from contmm.model.files import check_model_dir, loader_errors
+from contmm.scoring.text import SCORERS
 
 PALETTE = {
     "red": (220, 40, 40),

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from contmm.checks import check_positive
 from contmm.model import ComponentModel
-from contmm.settings import check_positive
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The model is the config's as built (zero-shot), or with ``--run`` the weights an
 state (adapters, projectors, routing keys) of one stage checkpoint of a fit run. Every task of
 the stream is scored, as a row of the matrix would be. The output directory is held as a fit
 holds its run directory; the run read is held shared while its checkpoint loads, so that a
-fit there does not delete it meanwhile (``contmm.lock``).
+fit there does not delete it meanwhile (``contmm.rundir.lock``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from contmm.checkpoint import CHECKPOINTS, config_difference, latest_checkpoint, load_checkpoint
-from contmm.environment import environment
-from contmm.lock import reading
-from contmm.runner import ContinualRun
+from contmm.rundir.checkpoint import CHECKPOINTS, config_difference, latest_checkpoint, load_checkpoint
+from contmm.rundir.lock import reading
+from contmm.training.environment import environment
+from contmm.training.runner import ContinualRun
 
 # The config sections a run's checkpoint must agree with: they decide what its weights fit.
 MODEL_SECTIONS = ("model", "strategies", "pretrain")
@@ -48,7 +48,7 @@ def same_vocabulary(run: ContinualRun, source: Path) -> None:
 def load_stage(run: ContinualRun, source: Path, stage: int | None) -> int:
     """Set up ``run``'s strategies and load into it ``source``'s checkpoint of ``stage``
     (default: its newest), as a resume loads one (``ContinualRun.load_stage``), holding
-    ``source`` as a reader meanwhile (``contmm.lock``); returns the stage."""
+    ``source`` as a reader meanwhile (``contmm.rundir.lock``); returns the stage."""
     run.strategies.setup(run.model, run.stream)
     with reading(source):  # a fit there does not delete the checkpoint meanwhile
         checkpoint = load_checkpoint(stage_checkpoint(source, stage))

@@ -20,8 +20,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from contmm.results import RunDirectory
-from contmm.sharding import STRATEGY_NAME
+from contmm.rundir.directory import RunDirectory
+from contmm.training.sharding import STRATEGY_NAME
 
 
 def run_loggers(run: RunDirectory, version: str) -> list[Logger]:
@@ -34,7 +34,7 @@ def run_loggers(run: RunDirectory, version: str) -> list[Logger]:
 def check_sharded_strategy(settings: dict[str, Any]) -> None:
     """Stop on a sharded strategy contmm or this machine cannot run, before the model is
     built: Lightning finds out only when the first Trainer is made. contmm shards with
-    FSDP2 (``fsdp2``, ``contmm/sharding.py``; on GPUs or the CPU); Lightning runs DeepSpeed
+    FSDP2 (``fsdp2``, ``contmm/training/sharding.py``; on GPUs or the CPU); Lightning runs DeepSpeed
     on CUDA GPUs only."""
     strategy = settings.get("strategy")
     if not isinstance(strategy, str) or strategy == STRATEGY_NAME:

@@ -17,10 +17,12 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
+from PIL import Image
 
-from contmm.distributed import all_gather_objects
-from contmm.evaluation import Evaluation, TaskScores
-from contmm.image_scoring import (
+from contmm.checks import check_at_least
+from contmm.model import ComponentModel
+from contmm.scoring.evaluation import Evaluation, TaskScores
+from contmm.scoring.images import (
     IMAGE_SCORERS,
     ClipScore,
     generates_images,
@@ -28,16 +30,12 @@ from contmm.image_scoring import (
     image_path,
     png_bytes,
 )
-from contmm.matrix import row_after
-from contmm.model import ComponentModel
-from contmm.model.collate import model_inputs
-from contmm.model.generating import generate_images
-from contmm.model.generator import to_images
-from contmm.optimizer import OptimizerConfig, build_optimizer
-from contmm.scoring import score
-from contmm.settings import check_at_least
-from contmm.sharding import FSDP2Strategy, ShardedCopy
+from contmm.scoring.matrix import row_after
+from contmm.scoring.text import score
 from contmm.strategy import Strategies
+from contmm.training.distributed import all_gather_objects
+from contmm.training.optimizer import OptimizerConfig, build_optimizer
+from contmm.training.sharding import FSDP2Strategy, ShardedCopy
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ class EvalConfig:
             drawings of ``clip_score`` tasks; needed when the stream has one.
         held_out: tasks of the stream that no stage trains, scored after every stage (general
             skills, as MCITlib's benchmarks); their scores and retention (final / before
-            tuning) go beside the matrix in results.json (``contmm/held_out.py``).
+            tuning) go beside the matrix in results.json (``contmm/scoring/held_out.py``).
     """
 
     batch_size: int = 64
@@ -127,7 +125,7 @@ class ContinualModule(L.LightningModule):
 
     def configure_model(self) -> None:
         # Lightning calls it at the start of every fit and test; only a fit under fsdp2
-        # trains a sharded copy (contmm.sharding), evaluation decodes with the whole model.
+        # trains a sharded copy (contmm.training.sharding), evaluation decodes with the whole model.
         if (
             isinstance(self.trainer.strategy, FSDP2Strategy)
             and self.trainer.state.fn == TrainerFn.FITTING
@@ -167,16 +165,17 @@ class ContinualModule(L.LightningModule):
         with self.strategies.eval_context(self.model, task_id, batch):
             if draws:
                 noise = [image_noise(self.evaluation.image_seed, i) for i in batch["ids"]]
-                new_tokens, images = generate_images(
-                    self.model, model_inputs(batch), self.evaluation.max_new_tokens, noise
-                )
+                new_tokens, pictures = self.model.draw(batch, self.evaluation.max_new_tokens, noise)
             else:
-                new_tokens = self.model.generate(model_inputs(batch), self.evaluation.max_new_tokens)
+                new_tokens = self.model.generate(batch, self.evaluation.max_new_tokens)
         predictions = [
             p.strip() for p in self.model.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         ]
         if draws:
-            scores = self._score_images(task_id, task.scorer, batch, images)
+            scores = self._score_images(task.scorer, batch["answers"], pictures)
+            # Where each image is, beside the jsonl (None: the model drew nothing for it).
+            drawn = {batch["ids"][row]: png_bytes(picture) for row, picture in pictures.items()}
+            self._images[task_id].update(drawn)
         else:
             scores = [score(task.scorer, p, a) for p, a in zip(predictions, batch["answers"])]
         strict = torch.tensor([s["strict"] for s in scores])
@@ -193,24 +192,14 @@ class ContinualModule(L.LightningModule):
             }
             if sample["lenient"] != sample["strict"]:  # e.g. the answer inside a longer sentence
                 record["lenient_score"] = sample["lenient"]
-            if draws:  # where the image is, beside the jsonl (None: the model drew nothing)
-                record["image"] = (
-                    image_path(task.name, sample_id) if sample_id in self._images[task_id] else None
-                )
+            if draws:
+                record["image"] = image_path(task.name, sample_id) if sample_id in drawn else None
             self._predictions[task_id].append(record)
 
-    def _score_images(
-        self, task_id: int, scorer: str, batch: dict, images: dict[int, torch.Tensor]
-    ) -> list[dict]:
-        """Each row's image scored (0 where the model drew none), and kept to be saved."""
-        pictures = dict(zip(images, to_images(torch.stack(list(images.values()))))) if images else {}
-        for row, picture in pictures.items():
-            self._images[task_id][batch["ids"][row]] = png_bytes(picture)
+    def _score_images(self, scorer: str, answers: list[str], pictures: dict[int, Image.Image]) -> list[dict]:
+        """Each row's drawing scored against its answer (0 where the model drew none)."""
         image_scorer = self.clip_scorer() if scorer == "clip_score" else IMAGE_SCORERS[scorer]
-        values = [
-            image_scorer(pictures[row], a) if row in pictures else 0.0
-            for row, a in enumerate(batch["answers"])
-        ]
+        values = [image_scorer(pictures[row], a) if row in pictures else 0.0 for row, a in enumerate(answers)]
         return [{"strict": v, "lenient": v} for v in values]
 
     def clip_scorer(self) -> ClipScore:

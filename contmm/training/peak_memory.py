@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from contmm.distributed import all_gather_objects
+from contmm.training.distributed import all_gather_objects
 
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")

@@ -19,9 +19,9 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from contmm.evaluate import load_stage
-from contmm.results import atomic_write
-from contmm.runner import ContinualRun
+from contmm.commands.evaluate import load_stage
+from contmm.rundir.directory import atomic_write
+from contmm.training.runner import ContinualRun
 
 
 def whole_model_adapter(lm: PeftModel, name: str, prefix: str) -> tuple[object, dict]:

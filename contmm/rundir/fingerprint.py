@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 from contmm.stream import TaskStream
 
 if TYPE_CHECKING:
-    from contmm.checkpoint import Checkpoint
-    from contmm.results import RunDirectory
+    from contmm.rundir.checkpoint import Checkpoint
+    from contmm.rundir.directory import RunDirectory
 
 IMAGES = "images"  # the inputs' key of the splits' image hashes
 IMAGE_STAMPS = "inputs/images.json"  # in the run directory: every image's stamp

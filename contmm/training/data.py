@@ -13,10 +13,10 @@ import lightning as L
 from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from contmm.environment import usable_cores
+from contmm.checks import check_at_least
 from contmm.model import ComponentModel
-from contmm.settings import check_at_least
 from contmm.stream import Task
+from contmm.training.environment import usable_cores
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from contmm.lock import READERS, locked, no_readers
-from contmm.ownership import check_may_run, check_own, mark, start_over
+from contmm.rundir.lock import READERS, locked, no_readers
+from contmm.rundir.ownership import check_may_run, check_own, mark, start_over
 
 
 def atomic_write(path: Path, content: str | bytes) -> None:
@@ -52,7 +52,7 @@ class RunDirectory:
 
     @contextmanager
     def locked(self, command: str) -> Iterator[None]:
-        """This run's hold on the directory, as ``command`` (see ``contmm.lock``). Under DDP
+        """This run's hold on the directory, as ``command`` (see ``contmm.rundir.lock``). Under DDP
         rank 0 alone takes it: the other ranks are the same run, launched by it."""
         self.check_is_directory()
         with locked(self.path, command) if self.is_writer() else nullcontext():
@@ -66,18 +66,18 @@ class RunDirectory:
                 raise ValueError(f"{path} is a file, not a directory{where}: choose another --output_dir")
 
     def mark(self) -> None:
-        """Mark the directory as a contmm run's (``contmm.ownership``)."""
+        """Mark the directory as a contmm run's (``contmm.rundir.ownership``)."""
         if self.is_writer():
             mark(self.path)
 
     def check_may_run(self) -> None:
-        """Refuse a directory that is not a run's and not empty (``contmm.ownership``)."""
+        """Refuse a directory that is not a run's and not empty (``contmm.rundir.ownership``)."""
         check_may_run(self.path)
 
     def clear(self) -> list[Path]:
         """Delete the files a run wrote here (results, predictions, checkpoints, its logs), to
         start over; returns the files of others kept there. Refused in a directory that is
-        not a run's (``contmm.ownership``), and while ``contmm eval`` / ``export`` read it."""
+        not a run's (``contmm.rundir.ownership``), and while ``contmm eval`` / ``export`` read it."""
         if not self.is_writer():
             return []
         check_own(self.path)  # before the readers' lock file is made in someone else's folder
