@@ -39,11 +39,11 @@ def build(config: str, seed: int, output_dir: str) -> ContinualRun:
 def evaluate_all_rows(run: ContinualRun, mode: str) -> tuple[float, dict]:
     """Seconds to score rows 0..T in ``mode``, and the metrics of the matrix it filled."""
     run.module.evaluation = replace(run.module.evaluation, matrix=mode)
-    run.scores = ScoreMatrix(run.stream.task_names)
+    run.record.scores = ScoreMatrix(run.stream.task_names)
     start = time.perf_counter()
-    for stage in range(len(run.scores.strict)):
+    for stage in range(len(run.record.scores.strict)):
         run.evaluate(stage, run.trainers(f"bench_{mode}_{stage}"))
-    return time.perf_counter() - start, compute_metrics(run.scores.strict)
+    return time.perf_counter() - start, compute_metrics(run.record.scores.strict)
 
 
 def main() -> None:

@@ -19,15 +19,27 @@ Where each hook runs:
   projector routing); ``batch`` is that batch, for strategies that route per sample.
 - ``evaluation_report``: after each evaluation, on every rank (all-reduce what you count);
   a JSON-able dict the runner stores per stage in ``results.json`` (e.g. routing accuracy).
-- ``state_dict`` / ``load_state_dict``: what a resumed run needs (buffers, Fisher, ...),
-  saved with each stage checkpoint (tensors, numbers, strings, lists and dicts only: it
-  is loaded with ``torch.load(weights_only=True)``). On resume ``load_state_dict`` runs
-  after ``setup`` and before the model's weights are loaded, so it can rebuild structure
+- ``state_dict`` / ``load_state_dict``: what a resumed run needs (buffers, Fisher, the
+  adapters' weights, ...), saved with each stage checkpoint (tensors, numbers, strings,
+  lists and dicts only: it is loaded with ``torch.load(weights_only=True)``). On resume,
+  ``contmm eval --run`` and ``contmm export``, ``load_state_dict`` runs after ``setup`` and
+  before the model's weights are loaded, with the model, so it can rebuild structure
   (adapters, projectors) those weights need.
+
+Every hook that acts on the model gets it, typed as :class:`~contmm.model.ComponentModel`:
+the interface every model implements (the assembled one, a whole checkpoint, the sharded
+copy ``penalty`` sees under ``fsdp2``), so a strategy keeps no model of its own. Whether
+the model draws images is ``model.generates``.
+
+A strategy written for the hooks' first form, ``state_dict(self)``,
+``load_state_dict(self, state)`` and ``evaluation_report(self)``, still runs: it is called
+without the model, with a warning.
 """
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections import Counter
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
@@ -36,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 if TYPE_CHECKING:
-    from contmm.model import MMLLM
+    from contmm.model import ComponentModel
     from contmm.stream import TaskStream
 
 
@@ -56,31 +68,33 @@ class Strategy:
     # to False, and is refused there.
     runs_sharded = True
 
-    def setup(self, model: MMLLM, stream: TaskStream) -> None:
+    def setup(self, model: ComponentModel, stream: TaskStream) -> None:
         pass
 
-    def before_task(self, model: MMLLM, task_id: int) -> None:
+    def before_task(self, model: ComponentModel, task_id: int) -> None:
         pass
 
     def train_data(self, task_id: int, dataset: Dataset) -> Dataset:
         return dataset
 
-    def penalty(self, model: MMLLM, batch: dict, outputs: Any) -> torch.Tensor | None:
+    def penalty(self, model: ComponentModel, batch: dict, outputs: Any) -> torch.Tensor | None:
         return None
 
-    def after_task(self, model: MMLLM, task_id: int, dataloader: DataLoader) -> None:
+    def after_task(self, model: ComponentModel, task_id: int, dataloader: DataLoader) -> None:
         pass
 
-    def eval_context(self, model: MMLLM, task_id: int, batch: dict | None = None) -> AbstractContextManager:
+    def eval_context(
+        self, model: ComponentModel, task_id: int, batch: dict | None = None
+    ) -> AbstractContextManager:
         return nullcontext()
 
-    def evaluation_report(self) -> dict:
+    def evaluation_report(self, model: ComponentModel) -> dict:
         return {}
 
-    def state_dict(self) -> dict:
+    def state_dict(self, model: ComponentModel) -> dict:
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, model: ComponentModel) -> None:
         pass
 
     @property
@@ -100,6 +114,10 @@ class Strategies(Strategy):
                     "(a second copy would act again on what the first did); list it once"
                 )
         self.strategies = list(strategies)
+        self.without_model = {id(s): first_form_hooks(s) for s in self.strategies}
+
+    def _model_argument(self, strategy: Strategy, hook: str, model) -> tuple:
+        return () if hook in self.without_model[id(strategy)] else (model,)
 
     def check_sharded(self, sharding: str) -> None:
         """Refuse, before the model is built, strategies that cannot run under ``sharding``."""
@@ -137,16 +155,46 @@ class Strategies(Strategy):
                 stack.enter_context(s.eval_context(model, task_id, batch))
             yield
 
-    def evaluation_report(self):
-        return {s.name: report for s in self.strategies if (report := s.evaluation_report())}
+    def evaluation_report(self, model):
+        reports = {
+            s.name: s.evaluation_report(*self._model_argument(s, "evaluation_report", model))
+            for s in self.strategies
+        }
+        return {name: report for name, report in reports.items() if report}
 
-    def state_dict(self):
-        return {f"{i}:{s.name}": s.state_dict() for i, s in enumerate(self.strategies)}
+    def state_dict(self, model):
+        return {
+            f"{i}:{s.name}": s.state_dict(*self._model_argument(s, "state_dict", model))
+            for i, s in enumerate(self.strategies)
+        }
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, model):
         for i, s in enumerate(self.strategies):
-            s.load_state_dict(state[f"{i}:{s.name}"])
+            s.load_state_dict(state[f"{i}:{s.name}"], *self._model_argument(s, "load_state_dict", model))
 
     @property
     def name(self) -> str:
         return "+".join(s.name for s in self.strategies) or "none"
+
+
+# The hooks that gained the model argument, and the number of parameters of their first form.
+FIRST_FORMS = {"evaluation_report": 0, "state_dict": 0, "load_state_dict": 1}
+
+
+def first_form_hooks(strategy: Strategy) -> set[str]:
+    """The hooks ``strategy`` overrides in their first form, without the model; warned about
+    once, at construction, and then called that way."""
+    found = {
+        hook
+        for hook, count in FIRST_FORMS.items()
+        if len(inspect.signature(getattr(strategy, hook)).parameters) == count
+    }
+    if found:
+        warnings.warn(
+            f"strategy {strategy.name}: {', '.join(sorted(found))} take(s) no model; contmm calls "
+            "them without it. Add a `model` parameter (contmm.strategy's docstring): the hooks "
+            "get the model, so a strategy need not keep it from setup",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return found

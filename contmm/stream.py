@@ -4,9 +4,10 @@ A sample is a dict in the LLaVA / CoIN shape: ``{"id", "image", "question", "ans
 where ``image`` is a PIL image (or a path a stream resolves) and ``question`` holds the
 ``<image>`` placeholder. A training sample of a multi-turn conversation also has
 ``"followups"``: its later turns, ``[{"question", "answer"}, ...]`` (no image placeholder),
-trained on after the first answer. A :class:`TaskStream` is an ordered list of :class:`Task`; it can be
-viewed as an Avalanche benchmark with task labels, so Avalanche's experiences and storage
-policies work on it.
+trained on after the first answer. A :class:`TaskStream` is an ordered list of :class:`Task`;
+the continual loop iterates the tasks themselves. ``TaskStream.benchmark()`` gives the same
+stream as an Avalanche benchmark (one experience per task, with its task label), for code
+that reads Avalanche's experiences.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ class TaskStream:
                         yield turn["answer"]
 
     def benchmark(self):
-        """The stream as an Avalanche benchmark: one experience per task, task label = index."""
+        """The stream as an Avalanche benchmark: one experience per task, task label = index
+        (contmm's loop does not use it)."""
         from avalanche.benchmarks import benchmark_from_datasets, with_task_labels
         from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute
         from avalanche.benchmarks.utils.flat_data import ConstantSequence

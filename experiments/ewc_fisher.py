@@ -22,9 +22,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from contmm.cli import build_run, fit_parser
-from contmm.commands.evaluate import stage_checkpoint
 from contmm.model.collate import InstructionCollator
 from contmm.rundir.checkpoint import load_checkpoint
+from contmm.rundir.stage_source import stage_checkpoint
 from strategies.ewc import EWC
 
 # Weight groups of the assembled model, by the first pattern a parameter name matches.

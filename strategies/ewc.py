@@ -169,10 +169,10 @@ class EWC(Strategy):
         all_reduce_sum(*fisher.values(), count)
         return {n: v / count for n, v in fisher.items()}
 
-    def state_dict(self) -> dict:
+    def state_dict(self, model) -> dict:
         return {"fishers": self.fishers, "anchors": self.anchors}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, model) -> None:
         self.fishers, self.anchors = state["fishers"], state["anchors"]
         self._terms = None
 

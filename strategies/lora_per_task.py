@@ -43,10 +43,6 @@ class LoRAPerTask(Strategy):
         # Standard LoRA init (B = 0): each task starts from the base LLM itself, not from the
         # previous task's adapter, so no task's training is shaped by another's.
         self.config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
-        self.model = None  # set in setup: state_dict / load_state_dict get no model
-
-    def setup(self, model, stream) -> None:
-        self.model = model
 
     def before_task(self, model, task_id) -> None:
         if not model.cfg.backbone.freeze:
@@ -95,20 +91,18 @@ class LoRAPerTask(Strategy):
         finally:
             lm.set_adapter(previous)  # also puts requires_grad back: on the active adapter only
 
-    def state_dict(self) -> dict:
-        lm = self.model.backbone.lm if self.model is not None else None
+    def state_dict(self, model) -> dict:
+        lm = model.backbone.lm
         if not isinstance(lm, PeftModel):
             return {"adapters": {}}
         return {
             "adapters": {name: get_peft_model_state_dict(lm, adapter_name=name) for name in lm.peft_config}
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Rebuild the saved adapters, in task order, on the model given to ``setup``."""
-        if state["adapters"] and self.model is None:
-            raise RuntimeError("LoRAPerTask.load_state_dict needs the model: call setup(model, stream) first")
+    def load_state_dict(self, state: dict, model) -> None:
+        """Rebuild the saved adapters on ``model``, in task order."""
         for name, weights in state["adapters"].items():
-            self._add(self.model, name)
-            result = set_peft_model_state_dict(self.model.backbone.lm, weights, adapter_name=name)
+            self._add(model, name)
+            result = set_peft_model_state_dict(model.backbone.lm, weights, adapter_name=name)
             if result.unexpected_keys:
                 raise ValueError(f"adapter {name}: unexpected weights {result.unexpected_keys[:3]}")

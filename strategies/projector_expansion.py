@@ -112,7 +112,6 @@ class ProjectorExpansion(Strategy):
         self, oracle: bool = False, image_weight: float = 1.0, key_batches: int | None = None
     ) -> None:
         self.oracle, self.image_weight, self.key_batches = oracle, image_weight, key_batches
-        self.model = None
         self.accuracy: RoutingAccuracy | None = None
 
     def setup(self, model, stream) -> None:
@@ -123,23 +122,23 @@ class ProjectorExpansion(Strategy):
             )
         for name in (
             "input_projector",
-            *(["output_projector"] if getattr(model, "generates", False) else []),
+            *(["output_projector"] if model.generates else []),
         ):
             if getattr(model.cfg, name).freeze:
                 raise ValueError(
                     f"ProjectorExpansion trains one {name.replace('_', ' ')} per task: set "
                     f"`model.{name}.freeze: false`"
                 )
-        self.model, self.accuracy = model, RoutingAccuracy(stream.task_names)
+        self.accuracy = RoutingAccuracy(stream.task_names)
         model.set_input_projector(ExpandedProjector(model.input_projector, self.image_weight))
-        if getattr(model, "generates", False):
+        if model.generates:
             model.output_projector = ProjectorCopies(model.output_projector)
 
     def copies(self, model) -> list[ProjectorCopies]:
         """The expanded projectors: the input one, and the output one of a model that draws."""
         return [
             model.input_projector,
-            *([model.output_projector] if getattr(model, "generates", False) else []),
+            *([model.output_projector] if model.generates else []),
         ]
 
     def before_task(self, model, task_id) -> None:
@@ -190,30 +189,26 @@ class ProjectorExpansion(Strategy):
         if task_id < seen:  # a task not tuned yet has no right projector to be routed to
             self.accuracy.update(task_id, route)
 
-    def state_dict(self) -> dict:
-        expanded = self.model.input_projector if self.model is not None else None
-        if expanded is None:
-            return {}
+    def state_dict(self, model) -> dict:
+        expanded = model.input_projector
         return {
             "projectors": len(expanded.projectors),
             "image_keys": expanded.image_keys.cpu(),
             "instruction_keys": expanded.instruction_keys.cpu(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Give the model as many projectors (pairs) and keys as the saved run had (needs
-        ``setup``); their weights come with the model's state dict."""
-        if not state:
-            return
-        for expanded in self.copies(self.model):
+    def load_state_dict(self, state: dict, model) -> None:
+        """Give ``model`` as many projectors (pairs) and keys as the saved run had (after
+        ``setup``, which expanded them); their weights come with the model's state dict."""
+        for expanded in self.copies(model):
             expanded.grow(state["projectors"])
             expanded.active = state["projectors"] - 1
-        expanded = self.model.input_projector
+        expanded = model.input_projector
         expanded.image_keys = state["image_keys"].to(expanded.image_keys)
         expanded.instruction_keys = state["instruction_keys"].to(expanded.instruction_keys)
 
-    def evaluation_report(self) -> dict:
+    def evaluation_report(self, model) -> dict:
         """Routing accuracy per tuned task in the evaluation just finished, summed over ranks."""
         if self.oracle:
             return {"routing": "oracle"}
-        return self.accuracy.report(self.model.input_projector.image_keys.device) if self.model else {}
+        return self.accuracy.report(model.input_projector.image_keys.device) if self.accuracy else {}

@@ -62,19 +62,21 @@ class Replay(Strategy):
         self._update(task_id, self._stage_data)
 
     def _update(self, task_id: int, dataset: Dataset) -> None:
+        from avalanche.benchmarks.utils import AvalancheDataset
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + task_id)
-            # Avalanche's policies read only ``.dataset`` of the experience they are given.
-            self.storage.post_adapt(None, SimpleNamespace(dataset=dataset))
+            # Avalanche's policies read only ``.dataset`` of the experience they are given, and
+            # keep index views of it (``subset`` / ``concat`` of an AvalancheDataset).
+            self.storage.post_adapt(None, SimpleNamespace(dataset=AvalancheDataset([dataset])))
         self.tasks_seen = task_id + 1
 
-    def state_dict(self) -> dict:
+    def state_dict(self, model) -> dict:
         return {"tasks_seen": self.tasks_seen}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, model) -> None:
         """Rebuild the memory by repeating the updates of the tasks seen (needs ``setup``)."""
         if state["tasks_seen"] and self.stream is None:
             raise RuntimeError("Replay.load_state_dict needs the stream: call setup(model, stream) first")
-        experiences = self.stream.benchmark().train_stream if state["tasks_seen"] else []
-        for experience in experiences[: state["tasks_seen"]]:
-            self._update(experience.current_experience, experience.dataset)
+        for task_id, task in enumerate(self.stream.tasks[: state["tasks_seen"]]):
+            self._update(task_id, task.train)

@@ -107,17 +107,17 @@ class RoutedLoRA(LoRAPerTask):
         if task_id < seen:  # a task not tuned yet has no adapter of its own to be routed to
             self.accuracy.update(task_id, route)
 
-    def state_dict(self) -> dict:
+    def state_dict(self, model) -> dict:
         return {
-            **super().state_dict(),
+            **super().state_dict(model),
             "image_keys": self.image_keys.cpu(),
             "instruction_keys": self.instruction_keys.cpu(),
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
+    def load_state_dict(self, state: dict, model) -> None:
+        super().load_state_dict(state, model)
         self.image_keys, self.instruction_keys = state["image_keys"], state["instruction_keys"]
 
-    def evaluation_report(self) -> dict:
+    def evaluation_report(self, model) -> dict:
         """Routing accuracy per tuned task in the evaluation just finished, summed over ranks."""
-        return self.accuracy.report(next(self.model.parameters()).device) if self.accuracy else {}
+        return self.accuracy.report(next(model.parameters()).device) if self.accuracy else {}

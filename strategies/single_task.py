@@ -31,8 +31,8 @@ class SingleTask(Strategy):
         for name, state in self.start.items():
             model.components()[name].load_state_dict(state)
 
-    def state_dict(self) -> dict:
+    def state_dict(self, model) -> dict:
         return {"start": self.start}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, model) -> None:
         self.start = state["start"]

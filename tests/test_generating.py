@@ -164,10 +164,9 @@ def test_ewcs_fisher_covers_the_output_projector_on_generation_samples(any2any, 
 def test_replay_memory_keeps_generation_samples_whole(any2any, generator_dir):
     replay = Replay(memory_size=4)
     replay.setup(drawing_model(any2any, generator_dir), any2any)
-    experiences = any2any.benchmark().train_stream
-    replay.train_data(1, experiences[1].dataset)
+    replay.train_data(1, any2any.tasks[1].train)
     replay.after_task(None, 1, None)
-    kept = [replay.train_data(2, experiences[2].dataset)[i] for i in range(8, 12)]
+    kept = [replay.train_data(2, any2any.tasks[2].train)[i] for i in range(8, 12)]
     assert all(
         sample["id"].startswith("draw_colour") and "target" in sample and "image" not in sample
         for sample in kept
@@ -244,7 +243,7 @@ def test_projector_expansion_gives_each_task_a_projector_pair_and_routes_drawing
             )
     # Routing accuracy counts against the context's task (1): the two draw_position rows,
     # routed to their own task, are misses for draw_colour, so it is the routes that are counted.
-    assert expansion.evaluation_report()["routing_accuracy"] == {"draw_colour": 0.5}
+    assert expansion.evaluation_report(model)["routing_accuracy"] == {"draw_colour": 0.5}
 
 
 def test_a_generator_beside_a_whole_checkpoint_is_refused_not_ignored(generator_dir):

@@ -91,7 +91,7 @@ def test_state_dict_rebuilds_every_adapter_on_a_fresh_model(model, lora, batch, 
     fresh = MMLLM.build(model.cfg, stream.texts()).eval()
     restored = LoRAPerTask(r=4, alpha=8)
     restored.setup(fresh, stream)
-    restored.load_state_dict(lora.state_dict())
+    restored.load_state_dict(lora.state_dict(model), fresh)
     assert list(fresh.backbone.lm.peft_config) == ["task_0", "task_1"]
     for task_id in (0, 1):
         torch.testing.assert_close(

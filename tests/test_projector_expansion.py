@@ -74,7 +74,7 @@ def test_each_sample_of_a_mixed_batch_goes_to_the_projector_of_its_nearest_keys(
 def test_routing_accuracy_counts_the_tuned_tasks_and_is_reset_after_each_report(model, expansion, stream):
     start(model, expansion, 0)
     expansion.after_task(model, 0, train_loader(model, stream.tasks[0]))
-    assert expansion.evaluation_report() == {}  # nothing evaluated yet
+    assert expansion.evaluation_report(model) == {}  # nothing evaluated yet
     collate = InstructionCollator(model, train=False)
     with torch.no_grad():
         for task_id, task in enumerate(stream.tasks):  # only task 0 has been tuned
@@ -83,11 +83,11 @@ def test_routing_accuracy_counts_the_tuned_tasks_and_is_reset_after_each_report(
                 model.embed(batch["input_ids"], batch["pixel_values"])
     # Task 0's samples all go to its projector, the only one; task 1, not tuned yet, has no
     # right projector to be routed to and is left out.
-    assert expansion.evaluation_report() == {
+    assert expansion.evaluation_report(model) == {
         "routing_accuracy": {"colour": 1.0},
         "mean_routing_accuracy": 1.0,
     }
-    assert expansion.evaluation_report() == {}
+    assert expansion.evaluation_report(model) == {}
 
 
 def test_the_oracle_uses_the_task_id_and_the_latest_projector_for_an_untuned_task(model, stream):
@@ -100,7 +100,7 @@ def test_the_oracle_uses_the_task_id_and_the_latest_projector_for_an_untuned_tas
     for task_id in (0, 1):
         with oracle.eval_context(model, task_id, batch):
             assert expanded.active == task_id and expanded.instruction is None
-    assert oracle.evaluation_report() == {"routing": "oracle"}
+    assert oracle.evaluation_report(model) == {"routing": "oracle"}
 
 
 def test_a_frozen_projector_is_refused(model, stream):

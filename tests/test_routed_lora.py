@@ -63,7 +63,7 @@ def test_routing_accuracy_is_reported_for_the_tuned_tasks(model, stream, routed)
                 routed.image_keys, routed.instruction_keys, instruction_features(model, batch)
             )
             right[task.name] = float((similarity.argmax(1) == task_id).float().mean())
-    report = routed.evaluation_report()
+    report = routed.evaluation_report(model)
     assert report["routing_accuracy"] == pytest.approx(right)
     assert report["mean_routing_accuracy"] == pytest.approx(sum(right.values()) / 2)
     assert min(right.values()) > 0.5  # the keys tell the two tasks' instructions apart

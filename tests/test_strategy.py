@@ -46,7 +46,7 @@ class Recorder(Strategy):
         yield
         self.calls.append(("exit", self.tag, task_id))
 
-    def evaluation_report(self):
+    def evaluation_report(self, model):
         self.calls.append(("report",))
         return {"reports_so_far": sum(c[0] == "report" for c in self.calls)}
 
@@ -119,3 +119,31 @@ def test_the_runner_calls_every_hook_at_its_stage(tmp_path):
     # After each of the 3 evaluations the strategy's report is stored with its row.
     reports = json.loads((tmp_path / "results.json").read_text())["strategy_reports"]
     assert reports == [{"Recorder": {"reports_so_far": n}} for n in (1, 2, 3)]
+
+
+class FirstForm(Strategy):
+    """A strategy written for the hooks' first form: no model in state_dict / load_state_dict /
+    evaluation_report."""
+
+    def __init__(self):
+        self.loaded = None
+
+    def state_dict(self):
+        return {"kept": 1}
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+    def evaluation_report(self):
+        return {"report": True}
+
+
+def test_a_strategy_written_for_the_first_form_of_the_hooks_is_warned_about_and_still_runs():
+    with pytest.warns(FutureWarning, match="FirstForm: evaluation_report, load_state_dict, state_dict take"):
+        both = Strategies([FirstForm(), Recorder(0.0, "a")])
+    model = object()
+    state = both.state_dict(model)
+    assert state == {"0:FirstForm": {"kept": 1}, "1:Recorder": {}}
+    both.load_state_dict(state, model)
+    assert both.strategies[0].loaded == {"kept": 1}
+    assert both.evaluation_report(model) == {"FirstForm": {"report": True}, "Recorder": {"reports_so_far": 1}}

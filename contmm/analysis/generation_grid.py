@@ -17,7 +17,9 @@ import textwrap
 from matplotlib.figure import Figure
 from PIL import Image
 
-from contmm.rundir.reading import RunData
+from contmm.rundir.directory import RunDirectory
+from contmm.rundir.reading import RunData, load_run
+from contmm.scoring.images import generates_images
 
 GRID_NAME = "generations.png"
 
@@ -77,3 +79,9 @@ def generation_grid_png(run: RunData) -> bytes | None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
+
+
+def write_generation_grid(run: RunDirectory, tasks: list) -> None:
+    """``generations.png`` of the run so far, where the stream has a generation task (rank 0)."""
+    if any(generates_images(task.scorer) for task in tasks) and run.is_writer():
+        run.write_bytes(GRID_NAME, generation_grid_png(load_run(run.path)))

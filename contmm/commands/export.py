@@ -19,8 +19,8 @@ import torch
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from contmm.commands.evaluate import load_stage
 from contmm.rundir.directory import atomic_write
+from contmm.rundir.stage_source import read_stage
 from contmm.training.runner import ContinualRun
 
 
@@ -47,8 +47,9 @@ def export(run: ContinualRun, source: Path, stage: int | None, output: Path) -> 
         )
     if output.exists() and any(output.iterdir()):
         raise ValueError(f"{output} is not empty: export into a new directory")
-    stage = load_stage(run, source, stage)
-    manifest = {"run": str(source), "stage": stage, "class": type(run.model.hf).__name__}
+    checkpoint = read_stage(source, stage, run.config["dict"], run.model.tokenizer)
+    run.prepare(checkpoint, source)
+    manifest = {"run": str(source), "stage": checkpoint.stage, "class": type(run.model.hf).__name__}
     lm = run.model.backbone.lm
     if isinstance(lm, PeftModel):
         names = list(lm.peft_config)

@@ -50,6 +50,11 @@ class RunDirectory:
         if self.is_writer():
             atomic_write(self.path / name, content)
 
+    def save_tokenizer(self, tokenizer) -> None:
+        """The run's tokenizer, whose vocabulary ``contmm eval --run`` checks its own against."""
+        if self.is_writer():
+            tokenizer.save_pretrained(self.path / "tokenizer")
+
     @contextmanager
     def locked(self, command: str) -> Iterator[None]:
         """This run's hold on the directory, as ``command`` (see ``contmm.rundir.lock``). Under DDP

@@ -90,6 +90,21 @@ def generates_images(scorer: str) -> bool:
     return scorer in IMAGE_SCORERS or scorer in MODEL_SCORERS
 
 
+def check_drawing(tasks: list, model, clip_model: str | None) -> None:
+    """Refuse, before any training, tasks whose images the run cannot draw or score."""
+    drawn = [task.name for task in tasks if generates_images(task.scorer)]
+    if drawn and not model.generates:
+        raise ValueError(
+            f"task(s) {drawn} ask for images but the model generates none: "
+            "give it model.output_projector and model.generator"
+        )
+    clip = [task.name for task in tasks if task.scorer == "clip_score"]
+    if clip and clip_model is None:
+        raise ValueError(
+            f"task(s) {clip} are scored by clip_score: set eval.clip_model (a CLIP directory or hub id)"
+        )
+
+
 def check_scorer(name: str) -> None:
     """Refuse a scorer name that is neither a text nor an image scorer, listing both."""
     if name not in SCORERS and not generates_images(name):

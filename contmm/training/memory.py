@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 
 from contmm.model.components import ComponentModel
+from contmm.training.distributed import status
 
 FLOAT32 = 4
 # What each Lightning strategy (by name prefix, so *_offload variants too) shards over the
@@ -97,3 +98,11 @@ def _count(n: int) -> str:
 
 def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def print_estimates(model: ComponentModel, trainer: dict, pretraining: list[str] | None) -> None:
+    """The estimate of each stage, and of pre-training where it runs (``pretraining``: what
+    it trains), printed before the run starts."""
+    stages = [("pre-training", pretraining)] if pretraining is not None else []
+    for what, trainable in [*stages, ("each stage", model.configured_trainable())]:
+        status(estimate(model, trainable, trainer).describe(what))

@@ -219,7 +219,7 @@ class ContinualModule(L.LightningModule):
             scores={j: float(means[j]) for j in scored},
             lenient_scores={j: float(lenient[j]) for j in scored},
             predictions={j: [r for shard in shards for r in shard.get(j, [])] for j in evaluated},
-            report=self.strategies.evaluation_report(),  # collective: every rank is here
+            report=self.strategies.evaluation_report(self.model),  # collective: every rank is here
             images={
                 j: {k: v for shard in image_shards for k, v in shard.get(j, {}).items()} for j in evaluated
             },

@@ -30,6 +30,8 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from contmm.strategy import Strategies
+
 STRATEGY_NAME = "fsdp2"
 
 
@@ -52,6 +54,19 @@ if STRATEGY_NAME not in StrategyRegistry:
         FSDP2Strategy,
         description="contmm's FSDP2: parameters, gradients and AdamW state sharded",
     )
+
+
+def check_can_shard(trainer_strategy: object, strategies: Strategies, quantization: str | None) -> None:
+    """Under ``fsdp2``, refuse before the model is built the strategies whose penalty reads
+    whole weights, and quantised weights."""
+    if trainer_strategy != STRATEGY_NAME:
+        return
+    strategies.check_sharded(STRATEGY_NAME)
+    if quantization:
+        raise ValueError(
+            f"model.quantization {quantization!r} and trainer.strategy {STRATEGY_NAME!r}: quantised "
+            "weights cannot be sharded; use ddp"
+        )
 
 
 def structural_copy(module: nn.Module) -> nn.Module:
