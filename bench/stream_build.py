@@ -11,7 +11,7 @@ every rank paid before the stream cache, ``streams/stream_cache.py``); the third
 (one changed in that time is also hashed when its cache entry is loaded).
 
 Run: ``OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python bench/stream_build.py [--records 570000]
-[--images 20000] [--check_images decode]`` (one torch thread, as the README's numbers).
+[--images 20000] [--check_images decode]`` (one torch thread, as in docs/studies/benchmarks.md).
 """
 
 from __future__ import annotations

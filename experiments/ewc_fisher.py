@@ -7,7 +7,7 @@ For each stage, loads the run's config and that stage's checkpoint (fit the run 
 (``fisher_batches`` batches of the training data, the trainable weights of the config),
 and prints per weight group: its size, its share of ΣF under each estimate, and the mean
 F of each. Also the share of the LLM's output layer (``lm_head``) that sits on the rows of
-the words the task answers with. The README's EWC study quotes its output.
+the words the task answers with. The EWC study (docs/studies/ewc.md) quotes its output.
 """
 
 from __future__ import annotations

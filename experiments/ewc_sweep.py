@@ -5,7 +5,7 @@
 
 Runs go to runs/ewc_sweep/<variant>_<λ> (each `contmm fit --config experiments/seq_vqa.yaml
 --config experiments/ewc.yaml` with the variant and λ; one torch thread each); the figure to
-docs/ewc_lambda_sweep.png; a Markdown table of every run is printed.
+docs/images/ewc_lambda_sweep.png; a Markdown table of every run is printed.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("runs/ewc_sweep"))
     parser.add_argument("--plot-only", action="store_true")
-    parser.add_argument("-o", "--output", type=Path, default=Path("docs/ewc_lambda_sweep.png"))
+    parser.add_argument("-o", "--output", type=Path, default=Path("docs/images/ewc_lambda_sweep.png"))
     args = parser.parse_args()
 
     results: dict[str, list[tuple[float, dict]]] = {}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's strategy table: every strategy on the default stream, 3 seeds each, then
+# The strategy table of docs/studies/strategies.md: every strategy on the default stream, 3 seeds each, then
 # `contmm report` (one row per strategy, mean ± std over the seeds).
 #   experiments/strategy_table.sh [strategy ...]     # default: all of them, in this order
 # Runs go to runs/table/<strategy>_s<seed>; an interrupted run resumes where it stopped.

@@ -17,7 +17,7 @@ Fisher is a squared gradient of the training loss, so its scale follows how well
 was fit: on the default stream the first task (fit to a near-zero loss) gets a Fisher 10⁵
 times smaller than the next one (fit under the penalty, whose pull leaves the loss gradient
 non-zero), and a λ that protects the first freezes everything after the second (the
-README's EWC study). Normalised, λ weighs every task alike.
+EWC study, docs/studies/ewc.md). Normalised, λ weighs every task alike.
 
 Under ``trainer.strategy: fsdp2`` the Fisher is computed on the whole model after the fit
 (as under DDP) and the penalty on each rank's shards of the weights.
@@ -70,7 +70,7 @@ class EWC(Strategy):
         fisher: ``sample`` (mean of per-sample squared gradients) or ``batch`` (mean of
             squared batch gradients).
         normalise: scale each task's Fisher to mean 1 (the defaults, λ = 1000 on a
-            normalised sample Fisher, gave the best ACC of the README's sweep).
+            normalised sample Fisher, gave the best ACC of the sweep of docs/studies/ewc.md).
     """
 
     # Each copy keeps its own Fishers and adds its own penalty (e.g. two modes or lambdas).

@@ -4,7 +4,7 @@ While a task is tuned, the model's next-token distributions on the answer tokens
 task's own samples are distilled toward those of the model as it was before the task
 (knowledge distillation at temperature T, scaled by T²), so what the model did before
 bends less; no sample of an earlier task is stored. The first task is distilled toward the
-pre-trained model, which keeps general skills (see the NFT stream in the README).
+pre-trained model, which keeps general skills (see the NFT study, docs/studies/nft.md).
 
 The earlier model is not copied: only the trainable parameters are snapshotted at the
 start of each task (a LoRA adapter's, say), and its outputs come from the same modules with

@@ -1,4 +1,4 @@
-"""The README's own-strategy example, run as written from a module outside the repository."""
+"""The own-strategy tutorial's example, run as written from a module outside the repository."""
 
 import csv
 import json
@@ -9,18 +9,18 @@ import pytest
 from tests.helpers import REPO, TINY_RUN, run_fit
 
 
-def _readme_blocks(language: str) -> list[str]:
-    section = (REPO / "README.md").read_text().split("### Your own strategy", 1)[1]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.DOTALL)
+def _tutorial_blocks(language: str) -> list[str]:
+    page = (REPO / "docs/tutorials/own-strategy.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", page, flags=re.DOTALL)
 
 
 @pytest.mark.slow
-def test_the_readme_strategy_runs_from_the_users_own_module_by_class_path(tmp_path):
+def test_the_tutorial_strategy_runs_from_the_users_own_module_by_class_path(tmp_path):
     modules = tmp_path / "my_lab"
     modules.mkdir()
-    (modules / "my_strategies.py").write_text(_readme_blocks("python")[0])
+    (modules / "my_strategies.py").write_text(_tutorial_blocks("python")[0])
     config = tmp_path / "my_l2.yaml"
-    config.write_text(_readme_blocks("yaml")[0])
+    config.write_text(_tutorial_blocks("yaml")[0])
 
     out = tmp_path / "run"
     done = run_fit(*TINY_RUN, "--config", str(config), "--output_dir", str(out), PYTHONPATH=str(modules))

@@ -1,4 +1,4 @@
-"""Print a Markdown table of the metrics of run directories, one row per run, for a README.
+"""Print a Markdown table of the metrics of run directories, one row per run, for a study page.
 
 Metrics are computed from each run's score matrix (never read from results.json), to three
 decimals, "n/a" where a cell they need was not evaluated; a line below the table says why.

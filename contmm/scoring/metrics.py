@@ -6,23 +6,27 @@ the score on the j-th task after stage i). A cell that was not evaluated is ``No
 metric that needs a missing cell is ``None`` with the reason, never computed from a
 stand-in zero.
 
-With t_j = j + 1 the stage that trains column j:
+With ``t_j = j + 1`` the stage that trains column j:
 
-- ACC (final average, "MFN")  = mean_j R[T][j]
-- MFT (plasticity)            = mean_j R[t_j][j]
-- MAA                         = mean_{t>=1} mean_{j<t} R[t][j]
-- BWT                         = mean_{j<T-1} (R[T][j] - R[t_j][j])
-- Forgetting                  = mean_{j<T-1} (max_{t_j<=l<T} R[l][j] - R[T][j])
-- FWT                         = mean_{j>=1} (R[t_j - 1][j] - R[0][j]); < 0 is negative
-  forward transfer (tuning on earlier tasks made the model worse at a future one).
-- Intransigence               = mean_j (S_j - R[t_j][j]), S_j the score of task j tuned
-  alone from the same starting model (a single-task reference run); > 0: the continual
-  model learns task j less well than it could.
+```text
+ACC (final average, "MFN")  = mean_j R[T][j]
+MFT (plasticity)            = mean_j R[t_j][j]
+MAA                         = mean_{t>=1} mean_{j<t} R[t][j]
+BWT                         = mean_{j<T-1} (R[T][j] - R[t_j][j])
+Forgetting                  = mean_{j<T-1} (max_{t_j<=l<T} R[l][j] - R[T][j])
+FWT                         = mean_{j>=1} (R[t_j - 1][j] - R[0][j])
+Intransigence               = mean_j (S_j - R[t_j][j])
+```
+
+FWT < 0 is negative forward transfer (tuning on earlier tasks made the model worse at a
+future one). ``S_j`` is the score of task j tuned alone from the same starting model (a
+single-task reference run); intransigence > 0: the continual model learns task j less
+well than it could.
 
 Every metric but MAA is a mean of per-task terms; those terms are reported as well.
 
 A held-out task (never trained, not a column of R) has one score per stage, h_0..h_T; its
-retention is h_T / h_0, the share of what the model could do before tuning that survives.
+retention is ``h_T / h_0``, the share of what the model could do before tuning that survives.
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ def fwt(R: Matrix) -> float | None:
 
 
 def intransigence_per_task(R: Matrix, reference: Sequence[float | None]) -> dict[int, float | None]:
-    """S_j - R[t_j][j] per task, with S_j the single-task reference score of task j."""
+    """``S_j - R[t_j][j]`` per task, with ``S_j`` the single-task reference score of task j."""
     T = _check(R)
     if len(reference) != T:
         raise ValueError(f"{len(reference)} reference scores for {T} tasks")
