@@ -8,17 +8,20 @@ set -euo pipefail
 old_commit="$1"; shift
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
-git -C "$repo" worktree add --quiet --detach "$work/old" "$old_commit"
-trap 'git -C "$repo" worktree remove --force "$work/old"' EXIT
+git -C "$repo" worktree add --quiet --detach "$work/code" "$old_commit"
+trap 'git -C "$repo" worktree remove --force "$work/code"' EXIT
 
 run() {  # run NAME TREE [ARGS...]: contmm fit with TREE's code into $work/NAME, timed
     local name="$1" tree="$2" start=$SECONDS
     shift 2
-    (cd "$tree" && PYTHONPATH="$tree" python -c "from contmm.cli import main; main()" fit \
-        --config experiments/seq_vqa.yaml --output_dir "$work/$name" "$@" >"$work/$name.log" 2>&1)
+    if ! (cd "$tree" && PYTHONPATH="$tree" python -c "from contmm.cli import main; main()" fit \
+        --config experiments/seq_vqa.yaml --output_dir "$work/$name" "$@" >"$work/$name.log" 2>&1); then
+        tail -5 "$work/$name.log"
+        exit 1
+    fi
     echo "$name ($tree): $((SECONDS - start)) s"
 }
-run old "$work/old" "$@"
+run old "$work/code" "$@"
 run new "$repo" "$@"
 
 diff -r "$work/old/predictions" "$work/new/predictions" && echo "prediction files: identical"
