@@ -117,8 +117,10 @@ class ProjectorExpansion(Strategy):
     def setup(self, model, stream) -> None:
         if not model.per_image_projector:
             raise ValueError(
-                "ProjectorExpansion sends each sample's image to a projector of its own; this "
-                "checkpoint's projector (Qwen2-VL's patch merger) reads all images of a batch as one"
+                "ProjectorExpansion sends each sample's image to a projector of its own; this model's "
+                f"input projector ({type(model.input_projector).__name__}) does not map each image on "
+                "its own (a Qwen-VL patch merger reads all images of a batch as one sequence, "
+                "InternVL's projector reads the tiles an image is cut into)"
             )
         for name in (
             "input_projector",

@@ -13,6 +13,17 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3ImageProcessor,
+    Gemma3Processor,
+    Gemma3TextConfig,
+    GotOcr2ImageProcessor,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLProcessor,
+    InternVLVideoProcessor,
+    InternVLVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -26,6 +37,11 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
+    SiglipVisionConfig,
 )
 
 from contmm.model.chat import chat_messages
@@ -262,14 +278,256 @@ def qwen25vl_model(tokenizer) -> Qwen2_5_VLForConditionalGeneration:
     return with_generation_ids(Qwen2_5_VLForConditionalGeneration(config), tokenizer)
 
 
-def save_checkpoint(kind: str, directory: Path) -> Path:
-    """Build the tiny ``llava``, ``qwen2_vl`` or ``qwen2_5_vl`` checkpoint; save model and processor."""
-    processor = {"llava": llava_processor, "qwen2_vl": qwen2vl_processor, "qwen2_5_vl": qwen25vl_processor}[
-        kind
-    ]()
-    model = {"llava": llava_model, "qwen2_vl": qwen2vl_model, "qwen2_5_vl": qwen25vl_model}[kind](
-        processor.tokenizer
+def qwen3vl_processor() -> Qwen3VLProcessor:
+    """Qwen3-VL's own processor with Qwen2-VL's tokenizer and ChatML template (Qwen3-VL-Instruct's
+    style); its image processor is Qwen2-VL's class, as in Qwen3-VL checkpoints, at patch size 16:
+    factor = 16 * merge 2 = 32, so a 64x64 image -> grid (1, 4, 4) -> 16 patches -> 4 tokens."""
+    sizes = {
+        "size": {"shortest_edge": 64 * 64, "longest_edge": 64 * 64},
+        "patch_size": 16,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    return Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**sizes),
+        tokenizer=qwen2vl_processor().tokenizer,
+        video_processor=Qwen3VLVideoProcessor(**sizes),  # the processor refuses None
+        chat_template=QWEN_TEMPLATE,
     )
+
+
+def qwen3vl_model(tokenizer) -> Qwen3VLForConditionalGeneration:
+    """Qwen3-VL: a ViT with learned position embeddings (a 4x4 grid, resampled per image) and
+    2D rope, the merger into the LM width, and a deepstack merger on vision layer 0 whose
+    features are added to the LM's first layer's output at the image tokens; the LM is Qwen3's
+    (q/k norm, explicit head_dim) with interleaved M-RoPE."""
+    torch.manual_seed(0)
+    vision = {
+        "depth": 2,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_heads": 2,
+        "out_hidden_size": 32,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "num_position_embeddings": 16,
+        "deepstack_visual_indexes": [0],
+    }
+    # head_dim 16 -> 8 rotary frequencies, interleaved t h w t h w t t (Qwen3-VL's 24:20:20 scaled)
+    rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+    text = {**qwen_text_config(tokenizer), "head_dim": 16, "rope_parameters": rope}
+    config = Qwen3VLConfig(vision_config=vision, text_config=text, **qwen_token_ids(tokenizer))
+    return with_generation_ids(Qwen3VLForConditionalGeneration(config), tokenizer)
+
+
+# InternVL-hf style (ChatML; an image is '<IMG_CONTEXT>\n', which the processor expands into
+# <img> + image_seq_length x <IMG_CONTEXT> + </img>), with the answer and its <|im_end|> in
+# {% generation %}.
+INTERNVL_TEMPLATE = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n")
+INTERNVL_SPECIAL = [
+    "<pad>",
+    "<unk>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<video>",
+]
+
+
+def internvl_processor() -> InternVLProcessor:
+    """InternVL's own processor; its tokenizer names the image tokens as InternVL-hf's does. A
+    56x56 image is one tile: the processor turns tiling on (``crop_to_patches``) whatever the
+    image processor says, so ``max_patches=1`` keeps it to one crop and no thumbnail."""
+    tokenizer = word_tokenizer(
+        INTERNVL_SPECIAL,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        extra_special_tokens={
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+        padding_side="left",
+    )
+    size = {"height": 56, "width": 56}
+    image_processor = GotOcr2ImageProcessor(size=size, crop_to_patches=False, max_patches=1)
+    return InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=InternVLVideoProcessor(size=size),  # the processor refuses None
+        image_seq_length=4,
+        chat_template=INTERNVL_TEMPLATE,
+    )
+
+
+def internvl_model(tokenizer) -> InternVLForConditionalGeneration:
+    """InternVL: an InternViT tower (CLS, layer scale, last layer read, CLS dropped) whose
+    (56/14)^2 = 16 patch features are pixel-shuffled (``downsample_ratio`` 0.5) into 4 tokens of
+    4 x 16 channels, an MLP projector (LayerNorm, Linear, GELU, Linear) into a Qwen2 LM with tied
+    embeddings."""
+    torch.manual_seed(0)
+    vision = InternVLVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=56,
+        patch_size=14,
+    )
+    text = {
+        "model_type": "qwen2",
+        **{k: v for k, v in qwen_text_config(tokenizer).items() if k != "rope_parameters"},
+    }
+    config = InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.context_image_token_id,
+        image_seq_length=4,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    return with_generation_ids(InternVLForConditionalGeneration(config), tokenizer)
+
+
+# Gemma 3 (IT) style: '<bos>' opens the conversation (and the tokenizer adds one too, as
+# Gemma's does: the processor then adds no special tokens); the assistant is 'model'; an
+# image is '<start_of_image>', which the processor expands into '\n\n<start_of_image>' +
+# image_seq_length x '<image_soft_token>' + '<end_of_image>\n\n'. The answer and its
+# <end_of_turn> are in {% generation %}.
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<start_of_turn>model\n' }}{% generation %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] | trim }}{% endif %}{% endfor %}"
+    "{{ '<end_of_turn>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{{ '<start_of_turn>' + message['role'] + '\n' }}"
+    "{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}{{ '<start_of_image>' }}"
+    "{% elif c['type'] == 'text' %}{{ c['text'] | trim }}{% endif %}"
+    "{% endfor %}"
+    "{{ '<end_of_turn>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+# Gemma's own order: <pad> 0, <eos> 1, <bos> 2, <unk> 3.
+GEMMA3_SPECIAL = [
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<unk>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+]
+
+
+def gemma3_processor() -> Gemma3Processor:
+    """Gemma 3's own processor; its tokenizer names the image tokens as Gemma 3's does, adds
+    <bos>, and has <eos> as its eos while an IT model ends a turn with <end_of_turn> (both
+    are the generation config's eos, as in Gemma 3 IT checkpoints). A 32x32 image, no
+    pan-and-scan crops."""
+    tokenizer = word_tokenizer(
+        GEMMA3_SPECIAL,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        extra_special_tokens={
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        },
+        add_bos_token=True,
+        padding_side="left",
+    )
+    tokenizer.add_tokens(["model"])  # the template's role word
+    return Gemma3Processor(
+        image_processor=Gemma3ImageProcessor(size={"height": 32, "width": 32}, do_pan_and_scan=False),
+        tokenizer=tokenizer,
+        image_seq_length=4,
+        chat_template=GEMMA3_TEMPLATE,
+    )
+
+
+def gemma3_model(tokenizer) -> Gemma3ForConditionalGeneration:
+    """Gemma 3: a SigLIP tower without its pooling head, last layer read ((32/8)^2 = 16
+    patches), the projector (average-pooled 2x2 -> 4 tokens, RMSNorm, a matrix into the LM
+    width) and Gemma 3's LM (scaled, tied embeddings; q/k norm; a sliding-window layer of
+    window 16 then a global one, shorter than a conversation)."""
+    torch.manual_seed(0)
+    vision = SiglipVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+        vision_use_head=False,
+    )
+    text = Gemma3TextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = Gemma3Config(
+        vision_config=vision,
+        text_config=text,
+        mm_tokens_per_image=4,
+        boi_token_index=tokenizer.boi_token_id,
+        eoi_token_index=tokenizer.eoi_token_id,
+        image_token_index=tokenizer.image_token_id,
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    # transformers initialises the projection to zeros: random, as a trained one, so images count.
+    torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.05)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, end_of_turn]
+    return model
+
+
+# Every family of contmm.model.pretrained.FAMILIES: how its tiny checkpoint is built (the
+# processor, then the model for the processor's tokenizer). The fidelity tests run on each.
+BUILDERS = {
+    "llava": (llava_processor, llava_model),
+    "qwen2_vl": (qwen2vl_processor, qwen2vl_model),
+    "qwen2_5_vl": (qwen25vl_processor, qwen25vl_model),
+    "qwen3_vl": (qwen3vl_processor, qwen3vl_model),
+    "internvl": (internvl_processor, internvl_model),
+    "gemma3": (gemma3_processor, gemma3_model),
+}
+
+
+def save_checkpoint(kind: str, directory: Path) -> Path:
+    """Build the tiny checkpoint of family ``kind`` (a key of ``BUILDERS``); save model and processor."""
+    build_processor, build_model = BUILDERS[kind]
+    processor = build_processor()
+    model = build_model(processor.tokenizer)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory

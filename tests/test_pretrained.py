@@ -12,11 +12,16 @@ from contmm.cli import main
 from contmm.model import BackboneConfig, ModelConfig, build_model, model_inputs
 from contmm.model.chat import chat_messages
 from contmm.model.collate import IGNORE_INDEX
+from contmm.model.pretrained import FAMILIES
 from strategies.ewc import EWC
 from strategies.projector_expansion import ProjectorExpansion
-from tests.checkpoints import fit_config, reference_answer, save_checkpoint, with_images
+from tests.checkpoints import BUILDERS, fit_config, reference_answer, save_checkpoint, with_images
 
-KINDS = ["llava", "qwen2_vl", "qwen2_5_vl"]
+KINDS = list(BUILDERS)
+
+
+def test_every_family_in_the_table_has_a_tiny_checkpoint_the_fidelity_tests_run_on():
+    assert sorted(BUILDERS) == sorted(FAMILIES)
 
 
 @pytest.fixture(scope="module")
@@ -211,22 +216,42 @@ def test_ewc_estimates_its_fisher_and_penalty_on_a_whole_checkpoints_trainable_c
     assert float(ewc.penalty(model, None, None)) > 0
 
 
-@pytest.mark.slow
-@pytest.mark.usefixtures("in_repo")
-def test_projector_expansion_gives_a_llava_checkpoint_a_projector_per_task_routed_without_task_id(
-    checkpoints, tmp_path
-):
+def fit_projector_expansion(checkpoint, tmp_path) -> tuple:
+    """Two stages of projector expansion on ``checkpoint`` (frozen LLM, routing by instruction)."""
     strategy = {
         "class_path": "strategies.projector_expansion.ProjectorExpansion",
         "init_args": {"image_weight": 0},
     }
     config = fit_config(
-        checkpoints["llava"], tmp_path, model={"backbone": {"freeze": True}}, strategies=[strategy],
+        checkpoint, tmp_path, model={"backbone": {"freeze": True}}, strategies=[strategy],
         optimizer={"lr": 0.01}, trainer={"max_epochs": 2},
     )  # fmt: skip
     out = tmp_path / "run"
     main(["fit", "--config", config, "--output_dir", str(out)])
-    results = json.loads((out / "results.json").read_text())
+    return out, json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("in_repo")
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if FAMILIES[kind].per_image_projector])
+def test_projector_expansion_gives_every_per_image_projector_family_a_projector_per_task(
+    kind, checkpoints, tmp_path
+):
+    out, results = fit_projector_expansion(checkpoints[kind], tmp_path)
+    saved = torch.load(out / "checkpoints/stage_2/model.pt", weights_only=True)
+    projector = FAMILIES[kind].input_projector.rsplit(".", 1)[-1]
+    assert any(f"{projector}.projectors.1." in k for k in saved)
+    # Routed without the task id, better than chance between the two tasks.
+    accuracy = results["strategy_reports"][-1]["ProjectorExpansion"]["routing_accuracy"]
+    assert accuracy.keys() == {"colour", "shape"} and min(accuracy.values()) > 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("in_repo")
+def test_projector_expansion_gives_a_llava_checkpoint_a_projector_per_task_routed_without_task_id(
+    checkpoints, tmp_path
+):
+    out, results = fit_projector_expansion(checkpoints["llava"], tmp_path)
     last = results["strategy_reports"][-1]["ProjectorExpansion"]
     assert last["routing_accuracy"] == {"colour": 1.0, "shape": 1.0}
     # Everything colour is answered with is frozen after stage 1 and routed back to: tuning
@@ -239,9 +264,12 @@ def test_projector_expansion_gives_a_llava_checkpoint_a_projector_per_task_route
     assert any("multi_modal_projector.projectors.1." in k for k in saved)
 
 
-def test_projector_expansion_refuses_qwen2_vls_merger_naming_why(checkpoints, stream):
-    model = build_model(ModelConfig(pretrained=str(checkpoints["qwen2_vl"])), [])
-    with pytest.raises(ValueError, match="reads all images of a batch as one"):
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if not FAMILIES[kind].per_image_projector])
+def test_projector_expansion_refuses_a_projector_that_does_not_map_each_image_alone(
+    kind, checkpoints, stream
+):
+    model = build_model(ModelConfig(pretrained=str(checkpoints[kind])), [])
+    with pytest.raises(ValueError, match="does not map each image on its own"):
         ProjectorExpansion().setup(model, stream)
 
 

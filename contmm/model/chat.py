@@ -4,9 +4,9 @@ A sample's question holds the ``<image>`` placeholder where the image goes; it b
 user message (text and image parts) and, for training, the answer one assistant message,
 followed by the sample's follow-up turns. The processor renders them with the checkpoint's
 chat template, expands the image tokens and preprocesses the images. Labels cover each
-assistant answer up to and including its first end-of-sequence token: it starts where the
-rendering of the conversation up to its question (with the generation prompt) ends, which
-any template gives, with or without ``{% generation %}`` markers.
+assistant answer up to and including its first end token (an eos of the checkpoint): it
+starts where the rendering of the conversation up to its question (with the generation
+prompt) ends, which any template gives, with or without ``{% generation %}`` markers.
 """
 
 from __future__ import annotations
@@ -40,15 +40,28 @@ def chat_messages(sample: dict, with_answers: bool) -> list[dict]:
 
 
 class ChatCollator:
-    def __init__(self, processor, train: bool) -> None:
+    """``end_ids``: the tokens that end an answer (the checkpoint's generation eos ids, which
+    may differ from the tokenizer's eos: Gemma 3 IT ends a turn with <end_of_turn>); the
+    tokenizer's eos by default."""
+
+    def __init__(self, processor, train: bool, end_ids: list[int] | None = None) -> None:
         self.processor, self.train = processor, train
+        self.end_ids = set(end_ids or []) | {processor.tokenizer.eos_token_id}
 
     def render(self, messages: list[dict], prompt: bool) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
 
     def encode(self, texts: list[str], images: list, padding_side: str) -> dict:
+        # As the processor's own apply_chat_template: each sample's images in a list of their
+        # own, and no special tokens added to a rendering that begins with the template's <bos>.
+        bos = self.processor.tokenizer.bos_token
         return self.processor(
-            text=texts, images=images, padding=True, padding_side=padding_side, return_tensors="pt"
+            text=texts,
+            images=[[image] for image in images],
+            padding=True,
+            padding_side=padding_side,
+            add_special_tokens=not (bos is not None and texts[0].startswith(bos)),
+            return_tensors="pt",
         )
 
     def __call__(self, samples: list[dict]) -> dict:
@@ -73,12 +86,11 @@ class ChatCollator:
         return batch
 
     def labels(self, samples: list[dict], conversations: list[list[dict]], images: list, batch: dict):
-        """``input_ids`` on each assistant answer (to its first end-of-sequence token), -100
+        """``input_ids`` on each assistant answer (to its first end token), -100
         elsewhere. Answer k starts where the rendering of the conversation up to its k-th
         question, with the generation prompt, ends."""
         input_ids, labels = batch["input_ids"], torch.full_like(batch["input_ids"], IGNORE_INDEX)
         lengths = batch["attention_mask"].sum(1).tolist()
-        eos = self.processor.tokenizer.eos_token_id
         for turn in range(max(len(m) for m in conversations) // 2):
             rows = [row for row, messages in enumerate(conversations) if len(messages) > 2 * turn]
             prefixes = [self.render(conversations[row][: 2 * turn + 1], prompt=True) for row in rows]
@@ -92,6 +104,7 @@ class ChatCollator:
                         "cannot be located"
                     )
                 answer = input_ids[row, start : lengths[row]].tolist()
-                end = start + (answer.index(eos) + 1 if eos in answer else len(answer))
+                ends = [i for i, token in enumerate(answer) if token in self.end_ids]
+                end = start + (ends[0] + 1 if ends else len(answer))
                 labels[row, start:end] = input_ids[row, start:end]
         return labels

@@ -10,6 +10,7 @@ EWC and LoRA on the backbone act on the checkpoint itself.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -20,11 +21,40 @@ from contmm.model.chat import ChatCollator
 from contmm.model.components import ComponentModel, model_inputs
 from contmm.model.files import check_model_dir, loader_errors
 
-# Where each supported family keeps the survey's components (attribute paths).
+
+@dataclass(frozen=True)
+class Family:
+    """Where a family's checkpoints keep the survey's components (attribute paths in its
+    transformers model), whether its input projector maps each image's tokens on their
+    own (``ComponentModel.per_image_projector``: projector expansion needs it), and which
+    fields of its ``get_image_features`` output the LLM reads (``encoder_probe``: a tower's
+    weights that none of them depends on stay frozen when the tower is trained)."""
+
+    encoder: str
+    input_projector: str
+    per_image_projector: bool = False
+    image_features: tuple[str, ...] = ("pooler_output",)
+
+
+# One row per family, by its config's ``model_type``; a checkpoint of another type is refused
+# naming these. The LLM is ``model.language_model`` and its head ``lm_head`` in every row.
 FAMILIES = {
-    "llava": {"encoder": "model.vision_tower", "input_projector": "model.multi_modal_projector"},
-    "qwen2_vl": {"encoder": "model.visual", "input_projector": "model.visual.merger"},
-    "qwen2_5_vl": {"encoder": "model.visual", "input_projector": "model.visual.merger"},
+    "llava": Family("model.vision_tower", "model.multi_modal_projector", per_image_projector=True),
+    # Qwen2-VL's merger reads the patches of all a batch's images as one sequence.
+    "qwen2_vl": Family("model.visual", "model.visual.merger"),
+    "qwen2_5_vl": Family("model.visual", "model.visual.merger"),
+    # Qwen3-VL's merger too reads all a batch's patches as one sequence. Its deepstack mergers
+    # (intermediate vision layers added into the LLM's first layers) count with the encoder:
+    # frozen or trained with it; the LLM reads their features beside the merger's.
+    "qwen3_vl": Family(
+        "model.visual", "model.visual.merger", image_features=("pooler_output", "deepstack_features")
+    ),
+    # Gemma 3's projector pools, norms and projects each image's patch grid on its own.
+    "gemma3": Family("model.vision_tower", "model.multi_modal_projector", per_image_projector=True),
+    # InternVL's MLP maps each row of pixel-shuffled features on its own, but a row is a tile:
+    # its processor cuts an image into up to max_patches tiles and a thumbnail by default
+    # (crop_to_patches), so the projector's rows are not the batch's images.
+    "internvl": Family("model.vision_tower", "model.multi_modal_projector"),
 }
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -93,7 +123,8 @@ def quantization(cfg, model_type: str) -> dict:
         )
     from transformers import BitsAndBytesConfig
 
-    keep = ["lm_head", *(part.rsplit(".", 1)[-1] for part in FAMILIES[model_type].values())]
+    family = FAMILIES[model_type]
+    keep = ["lm_head", *(path.rsplit(".", 1)[-1] for path in (family.encoder, family.input_projector))]
     if cfg.quantization == "8bit":
         return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)}
     return {
@@ -121,8 +152,7 @@ class PretrainedMMLLM(ComponentModel):
         self.cfg = cfg
         self.hf, self.processor = load_checkpoint(cfg)
         self.family = FAMILIES[self.hf.config.model_type]
-        # Qwen2-VL's merger reads the patches of all a batch's images as one sequence.
-        self.per_image_projector = self.hf.config.model_type == "llava"
+        self.per_image_projector = self.family.per_image_projector
         self.tokenizer = self.processor.tokenizer
         self.image_token_id = self.hf.config.image_token_id
         # A view, not a child module: the checkpoint (``hf``) owns every weight once.
@@ -138,26 +168,29 @@ class PretrainedMMLLM(ComponentModel):
 
     @property
     def encoder(self) -> nn.Module:
-        return self.hf.get_submodule(self.family["encoder"])
+        return self.hf.get_submodule(self.family.encoder)
 
     @property
     def input_projector(self) -> nn.Module:
-        return self.hf.get_submodule(self.family["input_projector"])
+        return self.hf.get_submodule(self.family.input_projector)
 
     def components(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "input_projector": self.input_projector, "backbone": self.backbone}
 
     def collator(self, train: bool) -> ChatCollator:
-        return ChatCollator(self.processor, train)
+        # An answer ends where the checkpoint's generate stops: at any of its eos ids.
+        eos = self.hf.generation_config.eos_token_id
+        return ChatCollator(self.processor, train, end_ids=eos if isinstance(eos, list) else [eos])
 
     def encoder_probe(self) -> object:
-        # The checkpoint's own image path (its feature layer, CLS or not, its merger): its
-        # ``pooler_output`` is what the LLM reads.
+        # The checkpoint's own image path (its feature layer, CLS or not, its merger): the
+        # family's ``image_features`` of it (``pooler_output``, ...) are what the LLM reads.
         blank = self.processor.image_processor(images=[Image.new("RGB", (224, 224))], return_tensors="pt")
-        return self.hf.model.get_image_features(**blank.to(self.hf.device)).pooler_output
+        output = self.hf.model.get_image_features(**blank.to(self.hf.device))
+        return [output[name] for name in self.family.image_features]
 
     def set_input_projector(self, projector: nn.Module) -> None:
-        self.hf.set_submodule(self.family["input_projector"], projector)
+        self.hf.set_submodule(self.family.input_projector, projector)
 
     @torch.no_grad()
     def projector_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
