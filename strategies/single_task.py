@@ -20,16 +20,14 @@ class SingleTask(Strategy):
 
     def setup(self, model, stream) -> None:
         self.start = {
-            name: {
-                k: v.detach().to("cpu", copy=True) for k, v in model.components()[name].state_dict().items()
-            }
+            name: {k: v.detach().to("cpu", copy=True) for k, v in model.component_state_dict(name).items()}
             for name in model.configured_trainable()
         }
 
     @torch.no_grad()
     def before_task(self, model, task_id) -> None:
         for name, state in self.start.items():
-            model.components()[name].load_state_dict(state)
+            model.load_component_state_dict(name, state)
 
     def state_dict(self, model) -> dict:
         return {"start": self.start}

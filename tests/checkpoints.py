@@ -27,6 +27,11 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessor,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
     LlavaProcessor,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
@@ -42,6 +47,12 @@ from transformers import (
     Qwen3VLProcessor,
     Qwen3VLVideoProcessor,
     SiglipVisionConfig,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+    SmolVLMImageProcessor,
+    SmolVLMProcessor,
+    SmolVLMVideoProcessor,
+    SmolVLMVisionConfig,
 )
 
 from contmm.model.chat import chat_messages
@@ -511,6 +522,181 @@ def gemma3_model(tokenizer) -> Gemma3ForConditionalGeneration:
     return model
 
 
+# SmolVLM (Instruct) style: '<|im_start|>' opens the conversation, then 'User:<image>...<end_of_utterance>\n'
+# and 'Assistant: <answer><end_of_utterance>\n' ('User:' before an image, 'User: ' before text);
+# the processor expands '<image>' into '<fake_token_around_image><global-img>' + image_seq_len x
+# '<image>' + '<fake_token_around_image>' (one image, not split into tiles). The answer and its
+# <end_of_utterance> are in {% generation %}.
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>"
+    "{% for message in messages %}"
+    "{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{{ '<end_of_utterance>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}{{ '<image>' }}{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}"
+    "{{ '<end_of_utterance>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+SMOLVLM_SPECIAL = [
+    "<unk>",  # word_tokenizer's unknown word (SmolVLM's is <|endoftext|>)
+    "<|im_start|>",
+    "<|im_end|>",
+    "<end_of_utterance>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    "<image>",
+    "<video>",
+]
+
+
+def smolvlm_processor() -> SmolVLMProcessor:
+    """SmolVLM's own processor (it needs num2words); its tokenizer names the image tokens as
+    SmolVLM's does, with <end_of_utterance> as eos. A 32x32 image, not split into tiles
+    (``do_image_splitting`` off): one global view of (32/8)^2 / 2^2 = 4 tokens."""
+    tokenizer = word_tokenizer(
+        SMOLVLM_SPECIAL,
+        pad_token="<|im_end|>",
+        unk_token="<unk>",
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        extra_special_tokens={
+            "fake_image_token": "<fake_token_around_image>",
+            "global_image_token": "<global-img>",
+            "image_token": "<image>",
+            "end_of_utterance_token": "<end_of_utterance>",
+            "video_token": "<video>",
+        },
+        padding_side="left",
+    )
+    sizes = {"size": {"longest_edge": 32}, "max_image_size": {"longest_edge": 32}}
+    return SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessor(**sizes, do_image_splitting=False),
+        tokenizer=tokenizer,
+        video_processor=SmolVLMVideoProcessor(**sizes),  # apply_chat_template reads its num_frames
+        image_seq_len=4,
+        chat_template=SMOLVLM_TEMPLATE,
+    )
+
+
+def smolvlm_model(tokenizer) -> SmolVLMForConditionalGeneration:
+    """SmolVLM: a SigLIP-like tower (last layer and post-layernorm read; (32/8)^2 = 16 patches),
+    the connector (pixel shuffle by 2 -> 4 tokens of 4 x 16 channels, a matrix into the LM
+    width) and a Llama LM (SmolLM2's) with untied embeddings; the LLM is ``model.text_model``."""
+    torch.manual_seed(0)
+    vision = SmolVLMVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    text = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = SmolVLMConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return with_generation_ids(SmolVLMForConditionalGeneration(config), tokenizer)
+
+
+# LLaVA-OneVision (llava-hf) style: ChatML, each message's images first ('<image>\n', which the
+# processor expands into the image's base-tile, grid-tile and row-newline tokens), then its
+# text; the answer and its <|im_end|> in {% generation %}.
+LLAVA_ONEVISION_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}"
+    "{% if message['role'] == 'assistant' %}{% generation %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{{ '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Tiles of 16 px in grids up to 2x2, as OneVision's 384 px tiles in grids up to 6x6.
+LLAVA_ONEVISION_PINPOINTS = [[16, 16], [16, 32], [32, 16], [32, 32]]
+
+
+def llava_onevision_processor() -> LlavaOnevisionProcessor:
+    """LLaVA-OneVision's own processor (anyres): a 32x32 image is its 16 px base tile and the
+    2x2 grid of 16 px tiles it fills, 5 tiles of (16/8)^2 = 4 patches: 4 base tokens, 16 grid
+    tokens and a newline token after each of the grid's 4 rows, 24 image tokens."""
+    tokenizer = word_tokenizer(
+        ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"],
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+        padding_side="left",
+    )
+    size = {"height": 16, "width": 16}
+    image_processor = LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=LLAVA_ONEVISION_PINPOINTS)
+    return LlavaOnevisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        num_image_tokens=4,  # per tile: SigLIP has no CLS
+        vision_feature_select_strategy="full",
+        chat_template=LLAVA_ONEVISION_TEMPLATE,
+    )
+
+
+def llava_onevision_model(tokenizer) -> LlavaOnevisionForConditionalGeneration:
+    """LLaVA-OneVision: a SigLIP tower without its pooling head whose last layer is read (its
+    post-layernorm is not: a trained tower keeps it frozen), the MLP projector (Linear, GELU,
+    Linear) applied to every tile, the anyres packing (base tile, unpadded grid, image_newline
+    after each row) and a Qwen2 LM with tied embeddings (as llava-onevision-qwen2-0.5b's)."""
+    torch.manual_seed(0)
+    vision = SiglipVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=16,
+        patch_size=8,
+        vision_use_head=False,
+    )
+    text = {
+        "model_type": "qwen2",
+        **{k: v for k, v in qwen_text_config(tokenizer).items() if k != "rope_parameters"},
+        "tie_word_embeddings": True,
+    }
+    config = LlavaOnevisionConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.image_token_id,
+        video_token_index=tokenizer.video_token_id,
+        image_grid_pinpoints=LLAVA_ONEVISION_PINPOINTS,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+    return with_generation_ids(LlavaOnevisionForConditionalGeneration(config), tokenizer)
+
+
 # Every family of contmm.model.pretrained.FAMILIES: how its tiny checkpoint is built (the
 # processor, then the model for the processor's tokenizer). The fidelity tests run on each.
 BUILDERS = {
@@ -520,6 +706,8 @@ BUILDERS = {
     "qwen3_vl": (qwen3vl_processor, qwen3vl_model),
     "internvl": (internvl_processor, internvl_model),
     "gemma3": (gemma3_processor, gemma3_model),
+    "smolvlm": (smolvlm_processor, smolvlm_model),
+    "llava_onevision": (llava_onevision_processor, llava_onevision_model),
 }
 
 

@@ -46,7 +46,9 @@ def contmm_predictions(run, task: str) -> list[str]:
     return [json.loads(line)["prediction"] for line in lines]  # written sorted by id
 
 
-@pytest.mark.parametrize("kind", ["llava", "qwen2_vl", "qwen3_vl", "internvl", "gemma3"])
+@pytest.mark.parametrize(
+    "kind", ["llava", "qwen2_vl", "qwen3_vl", "internvl", "gemma3", "smolvlm", "llava_onevision"]
+)
 def test_an_exported_whole_model_loads_with_transformers_and_predicts_as_contmm_did(tmp_path, kind):
     run, exported = fit(tmp_path, strategies=[], lr=5e-4, epochs=1, kind=kind)
     model = AutoModelForImageTextToText.from_pretrained(exported).eval()

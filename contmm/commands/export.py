@@ -53,7 +53,8 @@ def export(run: ContinualRun, source: Path, stage: int | None, output: Path) -> 
     lm = run.model.backbone.lm
     if isinstance(lm, PeftModel):
         names = list(lm.peft_config)
-        adapters = {name: whole_model_adapter(lm, name, "model.language_model") for name in names}
+        prefix = run.model.family.language_model
+        adapters = {name: whole_model_adapter(lm, name, prefix) for name in names}
         if len(names) == 1:
             lm.merge_and_unload()  # in place: the checkpoint's own layers get the update
             manifest["lora"] = f"adapter {names[0]} merged"

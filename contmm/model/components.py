@@ -90,6 +90,13 @@ class ComponentModel(nn.Module):
         nested = {id(t) for m in inside for t in _tensors(m)}
         return [t for t in _tensors(own) if id(t) not in nested]
 
+    def component_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        """Component ``name``'s weights by key, as ``load_component_state_dict`` takes them back."""
+        return self.components()[name].state_dict()
+
+    def load_component_state_dict(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        self.components()[name].load_state_dict(state)
+
     def configured_trainable(self) -> list[str]:
         """The components the config does not freeze."""
         return [name for name in self.components() if not getattr(self.cfg, name).freeze]

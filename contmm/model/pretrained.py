@@ -26,18 +26,28 @@ from contmm.model.files import check_model_dir, loader_errors
 class Family:
     """Where a family's checkpoints keep the survey's components (attribute paths in its
     transformers model), whether its input projector maps each image's tokens on their
-    own (``ComponentModel.per_image_projector``: projector expansion needs it), and which
+    own (``ComponentModel.per_image_projector``: projector expansion needs it), which
     fields of its ``get_image_features`` output the LLM reads (``encoder_probe``: a tower's
-    weights that none of them depends on stay frozen when the tower is trained)."""
+    weights that none of them depends on stay frozen when the tower is trained), and where
+    its language model sits (the LLM Backbone with the ``lm_head``; LoRA adapters are
+    addressed from there)."""
 
     encoder: str
     input_projector: str
     per_image_projector: bool = False
     image_features: tuple[str, ...] = ("pooler_output",)
+    language_model: str = "model.language_model"
+    # Parameters the checkpoint keeps outside every component's module, as (path, component)
+    # pairs: each counts with its component (frozen, cast to float32, trained and saved with it).
+    loose_parameters: tuple[tuple[str, str], ...] = ()
+    # Whether the model casts its image features to its vision tower's dtype (not the text
+    # embeddings') before placing them among the text embeddings: the tower and the LLM must
+    # then have one dtype (SmolVLM / Idefics3 in transformers 5.25, issue #41453).
+    features_in_tower_dtype: bool = False
 
 
 # One row per family, by its config's ``model_type``; a checkpoint of another type is refused
-# naming these. The LLM is ``model.language_model`` and its head ``lm_head`` in every row.
+# naming these. The LLM's head is ``lm_head`` in every row.
 FAMILIES = {
     "llava": Family("model.vision_tower", "model.multi_modal_projector", per_image_projector=True),
     # Qwen2-VL's merger reads the patches of all a batch's images as one sequence.
@@ -55,6 +65,25 @@ FAMILIES = {
     # its processor cuts an image into up to max_patches tiles and a thumbnail by default
     # (crop_to_patches), so the projector's rows are not the batch's images.
     "internvl": Family("model.vision_tower", "model.multi_modal_projector"),
+    # LLaVA-OneVision's MLP too maps rows that are tiles: an image is its base tile and its
+    # anyres grid's tiles, as many as the image's size picks (image_grid_pinpoints), so the
+    # projector's rows are not the batch's images. ``image_newline``, a parameter of ``model``
+    # itself, ends each row of an image's projected tile grid: a vector in the LLM's embedding
+    # space that only the image path emits, so it counts with the input projector.
+    "llava_onevision": Family(
+        "model.vision_tower",
+        "model.multi_modal_projector",
+        loose_parameters=(("model.image_newline", "input_projector"),),
+    ),
+    # SmolVLM's connector pixel-shuffles and projects each row on its own, but as InternVL's a
+    # row is a tile: its processor splits an image into tiles and a global view by default
+    # (do_image_splitting). Its LLM is the text model.
+    "smolvlm": Family(
+        "model.vision_model",
+        "model.connector",
+        language_model="model.text_model",
+        features_in_tower_dtype=True,
+    ),
 }
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -156,15 +185,33 @@ class PretrainedMMLLM(ComponentModel):
         self.tokenizer = self.processor.tokenizer
         self.image_token_id = self.hf.config.image_token_id
         # A view, not a child module: the checkpoint (``hf``) owns every weight once.
-        self.__dict__["backbone"] = LanguageBackbone(self.hf.model.language_model, self.hf.lm_head)
+        lm = self.hf.get_submodule(self.family.language_model)
+        self.__dict__["backbone"] = LanguageBackbone(lm, self.hf.lm_head)
         for name in self.configured_trainable():
             self.components()[name].float()  # trained in float32, whatever the stored dtype
+            for parameter in self.loose_parameters(name):
+                parameter.data = parameter.data.float()
+        self.check_one_dtype()
         self.input_projector.register_forward_pre_hook(_cast_inputs_to_parameters)
         if cfg.gradient_checkpointing:
             # Non-reentrant checkpointing needs no inputs that require grad, so the hook
             # transformers adds for that (also on a frozen vision tower) is taken off again.
             self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.hf.disable_input_require_grads()
+
+    def check_one_dtype(self) -> None:
+        """A family that casts image features to its tower's dtype fails in transformers at the
+        first step when the tower and the LLM differ (a frozen half-precision tower beside a
+        trained float32 LLM): refused here, with the settings that avoid it."""
+        tower = next(self.encoder.parameters()).dtype
+        text = self.backbone.lm.get_input_embeddings().weight.dtype
+        if self.family.features_in_tower_dtype and tower != text:
+            raise ValueError(
+                f"model.pretrained {self.cfg.pretrained}: {self.hf.config.model_type} casts its image "
+                f"features to its vision tower's dtype ({tower}) before placing them among the LLM's "
+                f"embeddings ({text}), which fails in transformers: give the tower and the LLM one dtype "
+                "(model.dtype float32; or train both, or neither: a frozen LLM tuned with LoRA)"
+            )
 
     @property
     def encoder(self) -> nn.Module:
@@ -176,6 +223,26 @@ class PretrainedMMLLM(ComponentModel):
 
     def components(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "input_projector": self.input_projector, "backbone": self.backbone}
+
+    def loose_parameters(self, name: str) -> list[nn.Parameter]:
+        """The family's parameters outside every component's module that count with ``name``."""
+        return [self.hf.get_parameter(path) for path, owner in self.family.loose_parameters if owner == name]
+
+    def component_tensors(self, name: str) -> list[torch.Tensor]:
+        return [*super().component_tensors(name), *self.loose_parameters(name)]
+
+    def component_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        loose = {
+            path: self.hf.get_parameter(path) for path, owner in self.family.loose_parameters if owner == name
+        }
+        return {**super().component_state_dict(name), **loose}
+
+    def load_component_state_dict(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        loose = [path for path, owner in self.family.loose_parameters if owner == name]
+        super().load_component_state_dict(name, {k: v for k, v in state.items() if k not in loose})
+        with torch.no_grad():
+            for path in loose:
+                self.hf.get_parameter(path).copy_(state[path])
 
     def collator(self, train: bool) -> ChatCollator:
         # An answer ends where the checkpoint's generate stops: at any of its eos ids.
