@@ -5,7 +5,7 @@ import json
 import pytest
 
 from contmm.cli import main
-from tests.checkpoints import fit_config, save_checkpoint
+from tests.checkpoints import BUILDERS, fit_config, save_checkpoint
 from tests.helpers import TINY_RUN
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_repo")]
@@ -82,8 +82,9 @@ def test_eval_scores_a_one_task_stream(tmp_path):
     assert len((tmp_path / "eval/predictions/count.jsonl").read_text().splitlines()) == 9
 
 
-def test_eval_of_a_whole_checkpoint_run_reproduces_its_last_row(tmp_path):
-    config = fit_config(save_checkpoint("qwen2_vl", tmp_path / "qwen"), tmp_path, optimizer={"lr": 5e-4})
+@pytest.mark.parametrize("kind", list(BUILDERS))
+def test_eval_of_a_whole_checkpoint_run_reproduces_its_last_row(tmp_path, kind):
+    config = fit_config(save_checkpoint(kind, tmp_path / kind), tmp_path, optimizer={"lr": 5e-4})
     main(["fit", "--config", config, "--output_dir", str(tmp_path / "fit")])
     main(["eval", "--config", config, "--run", str(tmp_path / "fit"), "--output_dir", str(tmp_path / "eval")])
     fit = json.loads((tmp_path / "fit/results.json").read_text())
