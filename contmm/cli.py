@@ -139,7 +139,9 @@ def build_run(fit_cli: ArgumentParser, cfg) -> ContinualRun:
     init = fit_cli.instantiate(cfg)
     resolved = cfg.clone()
     del resolved["config"]  # the files it came from; the resolved values are what counts
-    config = {"yaml": fit_cli.dump(resolved), "dict": resolved.as_dict()}
+    # The parser's defaults: what a key missing from an older run's saved config counts as.
+    defaults = fit_cli.get_defaults().as_dict()
+    config = {"yaml": fit_cli.dump(resolved), "dict": resolved.as_dict(), "defaults": defaults}
     arguments = {name: init[name] for name in signature(ContinualRun).parameters if name not in RUNNER_ONLY}
     return ContinualRun(**arguments, trainer=init.trainer.as_dict(), config=config)
 

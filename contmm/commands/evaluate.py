@@ -29,7 +29,11 @@ def evaluate_locked(run: ContinualRun, source: str | None, stage: int | None) ->
         raise ValueError(
             f"{run.directory.path} holds a fit run's results: choose another --output_dir for eval"
         )
-    checkpoint = read_stage(Path(source), stage, run.config["dict"], run.model.tokenizer) if source else None
+    checkpoint = (
+        read_stage(Path(source), stage, run.config["dict"], run.model.tokenizer, run.config.get("defaults"))
+        if source
+        else None
+    )
     run.prepare(checkpoint, source)
     trainer = run.trainers("eval")
     evaluation = run.module.evaluate(trainer, run.stage_data(evaluate=range(len(run.stream.tasks))))

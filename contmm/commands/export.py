@@ -47,7 +47,9 @@ def export(run: ContinualRun, source: Path, stage: int | None, output: Path) -> 
         )
     if output.exists() and any(output.iterdir()):
         raise ValueError(f"{output} is not empty: export into a new directory")
-    checkpoint = read_stage(source, stage, run.config["dict"], run.model.tokenizer)
+    checkpoint = read_stage(
+        source, stage, run.config["dict"], run.model.tokenizer, run.config.get("defaults")
+    )
     run.prepare(checkpoint, source)
     manifest = {"run": str(source), "stage": checkpoint.stage, "class": type(run.model.hf).__name__}
     lm = run.model.backbone.lm

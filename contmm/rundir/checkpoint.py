@@ -256,14 +256,16 @@ def check_kept(run_path: Path, newest: Path | None, stages_completed: object) ->
         )
 
 
-def config_difference(saved: dict, current: dict, prefix: str = "") -> str | None:
+def config_difference(
+    saved: dict, current: dict, prefix: str = "", defaults: dict | None = None
+) -> str | None:
     """The first setting where two resolved configs differ, as 'key: saved there, current
     now', or None. ``resume``, ``output_dir`` (a moved run directory) and
     ``trainer.strategy`` may differ: ddp and fsdp2 train the same weights (tests/test_sharding.py).
-    A parameter a class gained since ``saved`` was written counts at its default there
-    (``contmm.rundir.config_versions``)."""
+    A parameter a class or a section gained since ``saved`` was written counts at its default
+    there (``contmm.rundir.config_versions``; ``defaults``: the parser's)."""
     if not prefix:
-        saved = with_new_defaults(saved, current)
+        saved = with_new_defaults(saved, current, defaults)
     for key in sorted(set(saved) | set(current)):
         if f"{prefix}{key}" in MAY_DIFFER_ON_RESUME:
             continue

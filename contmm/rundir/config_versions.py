@@ -1,10 +1,13 @@
 """A run's saved config read by a newer contmm: the parameters its classes gained since.
 
-A config saved by an older contmm lacks the parameters a stream, strategy or logger class
-gained since (``SyntheticShapes(rounds)``, ``LLaVAStream(image_changes)``). The old code ran
-with what the new parameter's default does (a new option keeps the old behaviour by
-default), so the saved config is read with those defaults filled in: resuming such a run
-with the same command goes on, and only a value other than the default counts as a change.
+A config saved by an older contmm (or an older Lightning) lacks the parameters a stream,
+strategy or logger class gained since (``SyntheticShapes(rounds)``, ``LLaVAStream(image_changes)``),
+and the keys a config section (``eval``, ``data``, ``model``, ...) or the Trainer gained.
+The old code ran with what the new parameter's default does (a new option keeps the old
+behaviour by default), so the saved config is read with those defaults filled in: resuming
+such a run with the same command goes on, and only a value other than the default counts as
+a change. A class's defaults come from its signature, a section's from ``contmm fit``'s
+parser (``defaults``).
 """
 
 from __future__ import annotations
@@ -14,14 +17,19 @@ import inspect
 from typing import Any
 
 
-def with_new_defaults(saved: Any, current: Any) -> Any:
-    """``saved`` with each ``init_args`` key that ``current`` has and ``saved`` lacks, for the
-    same ``class_path``, set to the class's default for it (none known: left out)."""
+def with_new_defaults(saved: Any, current: Any, defaults: Any = None) -> Any:
+    """``saved`` with each key that ``current`` has and ``saved`` lacks set to its default:
+    an ``init_args`` key (for the same ``class_path``) to the class's default, any other to
+    its value in ``defaults`` (the parser's defaults at the same place). None known: left out."""
     if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
         return [with_new_defaults(a, b) for a, b in zip(saved, current)]
     if not (isinstance(saved, dict) and isinstance(current, dict)):
         return saved
-    filled = {key: with_new_defaults(value, current.get(key)) for key, value in saved.items()}
+    defaults = defaults if isinstance(defaults, dict) else {}
+    filled = {
+        key: with_new_defaults(value, current.get(key), defaults.get(key)) for key, value in saved.items()
+    }
+    filled |= {key: defaults[key] for key in current.keys() - saved.keys() if key in defaults}
     new_args = current.get("init_args")
     if (
         "class_path" in saved

@@ -12,10 +12,13 @@ from contmm.stream import TaskStream
 from contmm.training.distributed import status
 
 
-def resume_point(run: RunDirectory, resume: bool, config: dict) -> Checkpoint | None:
+def resume_point(
+    run: RunDirectory, resume: bool, config: dict, defaults: dict | None = None
+) -> Checkpoint | None:
     """The checkpoint to go on from; None to start from the beginning. A run directory that
     holds another config's results, or results whose checkpoints are gone, is refused;
-    ``resume=False`` deletes what contmm wrote there (``contmm.rundir.ownership``)."""
+    ``resume=False`` deletes what contmm wrote there (``contmm.rundir.ownership``). A key the
+    run's saved config lacks counts at its value in ``defaults`` (the parser's)."""
     if not resume:
         if kept := run.clear():
             shown = ", ".join(str(p.relative_to(run.path)) for p in kept[:5])
@@ -33,7 +36,7 @@ def resume_point(run: RunDirectory, resume: bool, config: dict) -> Checkpoint | 
     else:
         saved = None
         run.check_may_run()
-    if saved is not None and (difference := config_difference(saved, config)) is not None:
+    if saved is not None and (difference := config_difference(saved, config, defaults=defaults)) is not None:
         raise ValueError(
             f"{run.path} holds the results of another config ({difference}). Pass --resume false to "
             "start over there (the files contmm wrote there are deleted), or choose another --output_dir"

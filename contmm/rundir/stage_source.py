@@ -34,14 +34,20 @@ def stage_checkpoint(source: Path, stage: int | None) -> Path:
 
 
 def read_stage(
-    source: Path, stage: int | None, config: dict, tokenizer: PreTrainedTokenizerBase
+    source: Path,
+    stage: int | None,
+    config: dict,
+    tokenizer: PreTrainedTokenizerBase,
+    defaults: dict | None = None,
 ) -> Checkpoint:
     """``source``'s checkpoint of ``stage`` (default: its newest), refused unless ``config``'s
-    model sections and ``tokenizer``'s vocabulary are the run's."""
+    model sections (``defaults``: the parser's, for keys the run's config lacks) and
+    ``tokenizer``'s vocabulary are the run's."""
     with reading(source):
         checkpoint = load_checkpoint(stage_checkpoint(source, stage))
     saved = {k: checkpoint.state["config"].get(k) for k in MODEL_SECTIONS}
-    if (difference := config_difference(saved, {k: config[k] for k in MODEL_SECTIONS})) is not None:
+    current = {k: config[k] for k in MODEL_SECTIONS}
+    if (difference := config_difference(saved, current, defaults=defaults)) is not None:
         raise ValueError(f"the config's model does not fit the weights of {source} ({difference})")
     # A word-level tokenizer is built from the stream's words: another stream's would give the
     # run's token ids other meanings, so the run's weights need the run's vocabulary.

@@ -64,7 +64,8 @@ class ContinualRun:
         checkpoint: the stage checkpoints kept in output_dir.
         trainer: Lightning Trainer arguments of every stage; ``logger`` adds loggers of
             the user's (W&B, MLflow, ...) that log the whole run.
-        config: the resolved config as ``yaml`` text and as a ``dict``, kept with the results.
+        config: the resolved config as ``yaml`` text and as a ``dict``, kept with the results,
+            and the parser's ``defaults`` (what a saved config's missing keys count as).
     """
 
     def __init__(
@@ -121,7 +122,9 @@ class ContinualRun:
         """DESIGN's data flow: pre-training, row 0, then per task the strategies' hooks around
         a fresh Trainer, the task's row of R and a checkpoint; a run directory with completed
         stages goes on after the newest one."""
-        checkpoint = resume_point(self.directory, self.resume, self.config["dict"])
+        checkpoint = resume_point(
+            self.directory, self.resume, self.config["dict"], self.config.get("defaults")
+        )
         check_same_inputs(checkpoint, self.inputs, self.read_stream, self.directory)
         record_images(self.directory, self.read_stream, checkpoint)
         self.directory.write_text("config.yaml", self.config["yaml"])
