@@ -104,6 +104,26 @@ QWEN_TEMPLATE = (
 )
 
 
+# Every family's vision tower at the same tiny sizes (its image and patch sizes differ).
+TINY_VISION = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+def llama_text_config(tokenizer, max_position_embeddings: int) -> LlamaConfig:
+    """A tiny Llama LM for ``tokenizer``'s vocabulary and special tokens."""
+    return LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
 def word_tokenizer(special: list[str], **kwargs) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
@@ -136,27 +156,8 @@ def llava_processor() -> LlavaProcessor:
 def llava_model(tokenizer) -> LlavaForConditionalGeneration:
     torch.manual_seed(0)
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=28,
-            patch_size=14,
-            projection_dim=16,
-        ),
-        text_config=LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=128,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
+        vision_config=CLIPVisionConfig(**TINY_VISION, image_size=28, patch_size=14, projection_dim=16),
+        text_config=llama_text_config(tokenizer, max_position_embeddings=128),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=4,
         vision_feature_layer=-2,
@@ -218,6 +219,12 @@ def qwen_text_config(tokenizer) -> dict:
         "eos_token_id": tokenizer.eos_token_id,
         "bos_token_id": None,
     }
+
+
+def qwen2_text_config(tokenizer, **overrides) -> dict:
+    """The same LM as a plain Qwen2 (no M-RoPE sections): InternVL's and LLaVA-OneVision's."""
+    plain = {k: v for k, v in qwen_text_config(tokenizer).items() if k != "rope_parameters"}
+    return {"model_type": "qwen2", **plain, **overrides}
 
 
 def qwen_token_ids(tokenizer) -> dict:
@@ -384,18 +391,8 @@ def internvl_model(tokenizer) -> InternVLForConditionalGeneration:
     4 x 16 channels, an MLP projector (LayerNorm, Linear, GELU, Linear) into a Qwen2 LM with tied
     embeddings."""
     torch.manual_seed(0)
-    vision = InternVLVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=56,
-        patch_size=14,
-    )
-    text = {
-        "model_type": "qwen2",
-        **{k: v for k, v in qwen_text_config(tokenizer).items() if k != "rope_parameters"},
-    }
+    vision = InternVLVisionConfig(**TINY_VISION, image_size=56, patch_size=14)
+    text = qwen2_text_config(tokenizer)
     config = InternVLConfig(
         vision_config=vision,
         text_config=text,
@@ -479,15 +476,7 @@ def gemma3_model(tokenizer) -> Gemma3ForConditionalGeneration:
     width) and Gemma 3's LM (scaled, tied embeddings; q/k norm; a sliding-window layer of
     window 16 then a global one, shorter than a conversation)."""
     torch.manual_seed(0)
-    vision = SiglipVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        vision_use_head=False,
-    )
+    vision = SiglipVisionConfig(**TINY_VISION, image_size=32, patch_size=8, vision_use_head=False)
     text = Gemma3TextConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -590,26 +579,8 @@ def smolvlm_model(tokenizer) -> SmolVLMForConditionalGeneration:
     the connector (pixel shuffle by 2 -> 4 tokens of 4 x 16 channels, a matrix into the LM
     width) and a Llama LM (SmolLM2's) with untied embeddings; the LLM is ``model.text_model``."""
     torch.manual_seed(0)
-    vision = SmolVLMVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    text = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    vision = SmolVLMVisionConfig(**TINY_VISION, image_size=32, patch_size=8)
+    text = llama_text_config(tokenizer, max_position_embeddings=256)
     config = SmolVLMConfig(
         vision_config=vision,
         text_config=text,
@@ -671,20 +642,8 @@ def llava_onevision_model(tokenizer) -> LlavaOnevisionForConditionalGeneration:
     Linear) applied to every tile, the anyres packing (base tile, unpadded grid, image_newline
     after each row) and a Qwen2 LM with tied embeddings (as llava-onevision-qwen2-0.5b's)."""
     torch.manual_seed(0)
-    vision = SiglipVisionConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=16,
-        patch_size=8,
-        vision_use_head=False,
-    )
-    text = {
-        "model_type": "qwen2",
-        **{k: v for k, v in qwen_text_config(tokenizer).items() if k != "rope_parameters"},
-        "tie_word_embeddings": True,
-    }
+    vision = SiglipVisionConfig(**TINY_VISION, image_size=16, patch_size=8, vision_use_head=False)
+    text = qwen2_text_config(tokenizer, tie_word_embeddings=True)
     config = LlavaOnevisionConfig(
         vision_config=vision,
         text_config=text,

@@ -189,7 +189,7 @@ class PretrainedMMLLM(ComponentModel):
         self.__dict__["backbone"] = LanguageBackbone(lm, self.hf.lm_head)
         for name in self.configured_trainable():
             self.components()[name].float()  # trained in float32, whatever the stored dtype
-            for parameter in self.loose_parameters(name):
+            for parameter in self.loose_parameters(name).values():
                 parameter.data = parameter.data.float()
         self.check_one_dtype()
         self.input_projector.register_forward_pre_hook(_cast_inputs_to_parameters)
@@ -224,25 +224,24 @@ class PretrainedMMLLM(ComponentModel):
     def components(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "input_projector": self.input_projector, "backbone": self.backbone}
 
-    def loose_parameters(self, name: str) -> list[nn.Parameter]:
+    def loose_parameters(self, name: str) -> dict[str, nn.Parameter]:
         """The family's parameters outside every component's module that count with ``name``."""
-        return [self.hf.get_parameter(path) for path, owner in self.family.loose_parameters if owner == name]
-
-    def component_tensors(self, name: str) -> list[torch.Tensor]:
-        return [*super().component_tensors(name), *self.loose_parameters(name)]
-
-    def component_state_dict(self, name: str) -> dict[str, torch.Tensor]:
-        loose = {
+        return {
             path: self.hf.get_parameter(path) for path, owner in self.family.loose_parameters if owner == name
         }
-        return {**super().component_state_dict(name), **loose}
+
+    def component_tensors(self, name: str) -> list[torch.Tensor]:
+        return [*super().component_tensors(name), *self.loose_parameters(name).values()]
+
+    def component_state_dict(self, name: str) -> dict[str, torch.Tensor]:
+        return {**super().component_state_dict(name), **self.loose_parameters(name)}
 
     def load_component_state_dict(self, name: str, state: dict[str, torch.Tensor]) -> None:
-        loose = [path for path, owner in self.family.loose_parameters if owner == name]
+        loose = self.loose_parameters(name)
         super().load_component_state_dict(name, {k: v for k, v in state.items() if k not in loose})
         with torch.no_grad():
-            for path in loose:
-                self.hf.get_parameter(path).copy_(state[path])
+            for path, parameter in loose.items():
+                parameter.copy_(state[path])
 
     def collator(self, train: bool) -> ChatCollator:
         # An answer ends where the checkpoint's generate stops: at any of its eos ids.
