@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from streams.image_checks import ImageChecks, image_problem
+from streams.media_checks import MediaChecks, image_problem
 
 
 def write_images(folder: Path, count: int, size: int) -> list[Path]:
@@ -35,11 +35,11 @@ def write_images(folder: Path, count: int, size: int) -> list[Path]:
     return paths
 
 
-def uncached_checks(folder: str) -> ImageChecks:
+def uncached_checks(folder: str) -> MediaChecks:
     """The stream's checks with an empty cache (a fresh folder in ``folder``), so every image
     is decoded."""
     os.environ["CONTMM_CACHE"] = tempfile.mkdtemp(dir=folder)
-    return ImageChecks("decode")
+    return MediaChecks("decode")
 
 
 def main() -> None:

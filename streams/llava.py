@@ -11,19 +11,28 @@ later human / gpt pairs of a multi-turn conversation are its follow-ups, trained
 first (labels on every answer, one sample per record; ``turns: first`` leaves them out).
 Only the first question may hold the ``<image>`` placeholder.
 
+A record may read a video or a sound instead of, or beside, its image: ``"video": PATH`` (an
+mp4, webm, mkv, mov or avi file, or a directory of frame images) with ``<video>`` in the
+first question, ``"audio": PATH`` (wav, flac, mp3 or ogg) with ``<audio>``; one placeholder
+per file, none without its file. A task, and a stream, may mix modalities. A clip's frames
+are sampled as the stream's ``num_frames`` or ``fps`` say, or else as the model's processor
+samples a whole decoded clip; a sound is resampled to the rate the model reads
+(``contmm/model/media.py``).
+
 Test files hold CoIN records, or conversations as above::
 
     {"question_id": 7, "image": "coco/2.jpg", "text": "What colour is the bus?", "answer": ["red", "red"]}
 
 ``answer`` is a string or a list of strings (VQA annotators). CoIN writes test questions
 without the ``<image>`` placeholder and puts the image first, so a CoIN question without one
-gets ``"<image>\\n"`` in front. Conversations always come from LLaVA data, where the
+gets ``"<image>\\n"`` in front (and ``"<video>\\n"``, ``"<audio>\\n"`` for a record's clip
+and sound). Conversations always come from LLaVA data, where the
 placeholder marks where the image goes; a conversation without one is an error unless
 ``require_image_token`` is false.
 
-Every file is read and checked in the constructor (fields, shapes, answers, image paths,
-sample ids unique within a file, and every image decoded in full, in parallel, once per
-image file: ``streams/image_checks.py``), so a bad
+Every file is read and checked in the constructor (fields, shapes, answers, media paths,
+sample ids unique within a file, and every image, clip and sound decoded in full, in
+parallel, once per file: ``streams/media_checks.py``), so a bad
 record stops a run before any training with a message that names the file, the record and
 the field. A test answer must keep a word after scoring's normalisation ("the" or "?" do
 not): an empty prediction would match it.
@@ -31,7 +40,7 @@ not): an empty prediction would match it.
 A file is parsed and its records checked once per version of it, not once per run or DDP
 rank: the samples a good file gave are kept in a cache (``streams/stream_cache.py``), from
 which a later build over the unchanged file, with the same settings, loads them. Their
-images are still looked up in the image checks (an image changed since is checked again;
+media are still looked up in the media checks (a file changed since is checked again;
 one missing, moved or broken has the file read anew, which names the records).
 
 A task whose scorer scores images (``clip_score``; see ``contmm/scoring/images.py``) is a
@@ -59,11 +68,12 @@ from torch.utils.data import Dataset
 
 import contmm.scoring.text
 from contmm.model.images import open_rgb
-from contmm.model.tokenizer import IMAGE_TOKEN
+from contmm.model.media import Video, clip_metadata
+from contmm.model.tokenizer import IMAGE_TOKEN, PLACEHOLDERS
 from contmm.scoring.images import check_scorer, generates_images
 from contmm.scoring.text import extract_choice, normalize
 from contmm.stream import Task, TaskStream, check_task_names
-from streams.image_checks import ImageChanges, ImageCheck, ImageChecks
+from streams.media_checks import ImageChanges, ImageCheck, MediaChecks, media_kind
 from streams.stream_cache import StreamCache, code_digest
 
 # Problems listed per file: enough to see a pattern, few enough to read.
@@ -90,12 +100,13 @@ class TaskFiles:
 
 @dataclass(frozen=True)
 class Sample:
-    """One checked record: its id, the resolved image path, the question and the answer(s).
-    A drawing record (``caption`` set) has its instruction as the question, its image as the
-    target to draw and its caption as the answer the drawing is scored against."""
+    """One checked record: its id, its media (``(modality, resolved path)`` pairs), the
+    question and the answer(s). A drawing record (``caption`` set) has its instruction as the
+    question, its image as the target to draw and its caption as the answer the drawing is
+    scored against."""
 
     id: str | int
-    image: Path
+    media: tuple[tuple[str, Path], ...]
     question: str
     answer: str | list[str]
     followups: tuple[tuple[str, str], ...] = ()  # later (question, answer) turns
@@ -103,21 +114,33 @@ class Sample:
 
 
 class LLaVADataset(Dataset):
-    """Samples of one split; images are opened on access. ``stamps``: the stamp of each of
-    their images when the stream was built (``streams/image_checks.py``; it may hold other
-    splits' images too)."""
+    """Samples of one split; images are opened on access, a clip or a sound is handed on to
+    be decoded by the collator (in the DataLoader's workers) as the model reads it.
+    ``stamps``: the stamp of each of their media files when the stream was built
+    (``streams/media_checks.py``; it may hold other splits' files too); ``sampling``: the
+    stream's frame sampling (``num_frames`` / ``fps``)."""
 
-    def __init__(self, samples: list[Sample], stamps: dict[Path, list]) -> None:
+    def __init__(self, samples: list[Sample], stamps: dict[Path, list], sampling: dict | None = None) -> None:
         self.samples = samples
         self.stamps = stamps
+        self.sampling = sampling or {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def image_stamps(self) -> dict[str, list]:
-        """Each image file the split reads, in the order its samples first name them → its
-        stamp: what the run's fingerprint records (``contmm/rundir/fingerprint.py``)."""
-        return {str(sample.image): self.stamps[sample.image] for sample in self.samples}
+        """Each media file the split reads (images, clips, sounds), in the order its samples
+        first name them → its stamp: what the run's fingerprint records
+        (``contmm/rundir/fingerprint.py``)."""
+        return {str(path): self.stamps[path] for sample in self.samples for _, path in sample.media}
+
+    def modalities(self) -> dict[str, str | int]:
+        """Each modality the split's samples read → the id of the first sample reading it."""
+        first = {}
+        for sample in self.samples:
+            for modality, _ in sample.media if sample.caption is None else ():
+                first.setdefault(modality, sample.id)
+        return first
 
     def text(self, index: int) -> dict:
         """The sample without its image (cheap): id, question and answer."""
@@ -131,8 +154,14 @@ class LLaVADataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        # A drawing record's image is its target, not its input.
-        return {**self.text(index), ("image" if sample.caption is None else "target"): open_rgb(sample.image)}
+        if sample.caption is not None:  # a drawing record's image is its target, not its input
+            return {**self.text(index), "target": open_rgb(sample.media[0][1])}
+        media = {
+            "image": open_rgb,
+            "video": lambda path: Video(path, **self.sampling),
+            "audio": lambda path: path,
+        }
+        return {**self.text(index), **{modality: media[modality](path) for modality, path in sample.media}}
 
 
 class RecordError(Exception):
@@ -203,10 +232,10 @@ def _conversation(record: dict) -> list[tuple[str, str]]:
             raise RecordError(f"field 'conversations': the human turn {i} is not followed by a 'gpt' answer")
         if not turns[i + 1]["value"].strip():
             raise RecordError(f"field 'conversations': the gpt answer in turn {i + 1} is empty")
-        if i > human and IMAGE_TOKEN in turns[i]["value"]:
+        if i > human and (shown := [t for t in PLACEHOLDERS.values() if t in turns[i]["value"]]):
             raise RecordError(
-                f"field 'conversations', turn {i}: {IMAGE_TOKEN} in a follow-up question; "
-                "only the first question shows the image"
+                f"field 'conversations', turn {i}: {shown[0]} in a follow-up question; "
+                "only the first question shows the record's media"
             )
         pairs.append((turns[i]["value"], turns[i + 1]["value"]))
     return pairs
@@ -240,21 +269,24 @@ def _check_references(answer: str | list[str], scorer: str) -> None:
             )
 
 
-def _with_image_token(question: str, prepend: bool, field: str) -> str:
-    """The question (from ``field``) with exactly one ``<image>``; ``prepend`` puts a missing one in front."""
-    count = question.count(IMAGE_TOKEN)
-    if count > 1:
+def _with_placeholders(question: str, modalities: list[str], prepend: bool, field: str) -> str:
+    """The question (from ``field``) with exactly one placeholder per modality of its record's
+    media and none of another; ``prepend`` puts a missing one in front."""
+    for modality, token in PLACEHOLDERS.items():
+        count = question.count(token)
+        if modality not in modalities and count:
+            raise RecordError(f"{field}: the question holds {token} but the record has no {modality!r} file")
+        if count > 1:
+            raise RecordError(
+                f"{field}: the question holds {count} {token} placeholders, expected one: {question!r}"
+            )
+    missing = [m for m in modalities if PLACEHOLDERS[m] not in question]
+    if missing and not prepend:
         raise RecordError(
-            f"{field}: the question holds {count} {IMAGE_TOKEN} placeholders, expected one: {question!r}"
+            f"{field}: the question has no {PLACEHOLDERS[missing[0]]} placeholder for its {missing[0]!r} "
+            f"file: {question!r} (require_image_token: false puts one in front)"
         )
-    if count == 1:
-        return question
-    if not prepend:
-        raise RecordError(
-            f"{field}: the question has no {IMAGE_TOKEN} placeholder: {question!r} "
-            "(require_image_token: false puts one in front)"
-        )
-    return f"{IMAGE_TOKEN}\n{question}"
+    return "".join(f"{PLACEHOLDERS[m]}\n" for m in missing) + question
 
 
 def _read_text(path: Path, label: str) -> str:
@@ -300,28 +332,31 @@ def _json_lines_error(text: str, label: str, number: int, error: json.JSONDecode
 
 
 class _Reader:
-    """Reads and checks the files of a stream; each image is decoded once, however often it is
-    named, and each file parsed once per version of it (``cache``). The caller saves the image
-    checks (``images.save()``) when done."""
+    """Reads and checks the files of a stream; each media file is decoded once, however often
+    it is named, and each file parsed once per version of it (``cache``). The caller saves the
+    media checks (``images.save()``) when done."""
 
     def __init__(
         self,
-        image_root: Path,
+        media_root: Path,
         require_image_token: bool,
         max_samples: int | None,
         followups: bool,
         check_images: ImageCheck = "decode",
         image_changes: ImageChanges = "stat",
+        sampling: dict | None = None,
     ) -> None:
-        self.image_root = image_root
+        self.media_root = media_root
         self.require_image_token = require_image_token
         self.max_samples = max_samples
         self.followups = followups
-        self.images = ImageChecks(check_images, image_changes)
-        # Each image name resolved once (a dataset names the same image from many records):
+        self.sampling = sampling or {}
+        self.images = MediaChecks(check_images, image_changes)
+        # Each media name resolved once (a dataset names the same image from many records):
         # its path, or why it has none.
         self.resolved: dict[str, Path | RecordError] = {}
-        self.real_folders: dict[str, str] = {}  # a folder of image names → its resolved path
+        self.real_folders: dict[str, str] = {}  # a folder of media names → its resolved path
+        self.clip_frames: dict[Path, int] = {}  # a clip → its frame count, read when num_frames is set
         # How records are read is in this module; what makes a test answer scorable, in scoring's.
         self.cache = StreamCache(code_digest(Path(__file__), Path(contmm.scoring.text.__file__)))
 
@@ -351,17 +386,18 @@ class _Reader:
         return self.dataset(samples)
 
     def dataset(self, samples: list[Sample]) -> LLaVADataset:
-        """A split of ``samples``, whose images have been checked (and stamped)."""
-        return LLaVADataset(samples, self.images.stamps)
+        """A split of ``samples``, whose media have been checked (and stamped)."""
+        return LLaVADataset(samples, self.images.stamps, self.sampling)
 
     def _settings(self, test: bool, scorer: str, drawing: bool) -> dict:
         """What decides the samples a file gives, besides its text: its cache entry's key. (Not
         the kind of image check: the images of a kept read are looked up in the current kind's
         checks.)"""
         return {
-            "image_root": str(self.image_root),
+            "media_root": str(self.media_root),
             "max_samples": self.max_samples,
-            "image_token": IMAGE_TOKEN,
+            "placeholders": PLACEHOLDERS,
+            "sampling": self.sampling,
             "test": test,
             "drawing": drawing,
             # Test answers are checked for their scorer; a drawing record has no conversation.
@@ -371,10 +407,10 @@ class _Reader:
         }
 
     def _still_good(self, images: dict[str, Path], samples: list[Sample]) -> list[Sample] | None:
-        """``samples`` kept from an earlier read, if every image name of theirs (``images``: name
-        → path) still resolves to the same file and every image still passes its check (looked
-        up in the image checks, checked again if changed); None: read the file anew (which names
-        the records of a missing or broken image)."""
+        """``samples`` kept from an earlier read, if every media name of theirs (``images``: name
+        → path) still resolves to the same file and every file still passes its check (looked
+        up in the media checks, checked again if changed); None: read the file anew (which names
+        the records of a missing or broken file)."""
         for name, path in images.items():
             resolved = self.resolved.get(name)
             if resolved is None:
@@ -385,14 +421,28 @@ class _Reader:
             self.images.run(list(images.values()))
         except OSError:  # gone since it was resolved
             return None
-        if any(self.images.problems[path] for path in images.values()):
+        if any(self._problem(path) for path in images.values()):
             return None
         return samples
+
+    def _problem(self, path: Path) -> str | None:
+        """Why the checked media file at ``path`` cannot be used: its check's finding, or a clip
+        with fewer frames than ``num_frames`` asks."""
+        if problem := self.images.problems[path]:
+            return problem
+        asked = self.sampling.get("num_frames")
+        if asked is None or media_kind(path) != "video":
+            return None
+        if path not in self.clip_frames:
+            self.clip_frames[path] = clip_metadata(path).total_num_frames
+        if self.clip_frames[path] < asked:
+            return f"{path} has {self.clip_frames[path]} frames, fewer than num_frames {asked}"
+        return None
 
     def _check(
         self, text: str, label: str, test: bool, scorer: str, drawing: bool
     ) -> tuple[dict[str, Path], list[Sample]]:
-        """The records of ``text`` read and checked: the image path of each image name, and the samples."""
+        """The records of ``text`` read and checked: the path of each media name, and the samples."""
         # Only the records a run uses are checked, so a quick run on a huge file stays quick.
         records = _parse_records(text, label)[: self.max_samples]
         read, problems, images = [], [], {}
@@ -403,13 +453,12 @@ class _Reader:
                 problems.append((index, error))
                 continue
             read.append((index, sample))
-            images[record["image"]] = sample.image
+            images.update({record[modality]: path for modality, path in sample.media})
         self.images.run(list(images.values()))
-        problems += [
-            (index, RecordError(f"field 'image': {self.images.problems[sample.image]}"))
-            for index, sample in read
-            if self.images.problems[sample.image]
-        ]
+        for index, sample in read:  # a record's first bad file is named
+            bad = next(((m, problem) for m, path in sample.media if (problem := self._problem(path))), None)
+            if bad:
+                problems.append((index, RecordError(f"field {bad[0]!r}: {bad[1]}")))
         if problems:
             listed = [
                 f"{records[index][0]}{_id_note(records[index][1])}: {error}"
@@ -431,18 +480,23 @@ class _Reader:
         if test and "conversations" not in record:
             record_id = _record_id(record, "question_id")
             hint = " (test records hold 'text' and 'answer', or 'conversations')"
-            question = _with_image_token(_string(record, "text", hint), True, "field 'text'")
+            text = _string(record, "text", hint)
+            media = self._media(record)
+            question = _with_placeholders(text, [m for m, _ in media], True, "field 'text'")
             answer = _references(record)
         else:
             record_id = _record_id(record, "id")
             (question, answer), *later = _conversation(record)
+            media = self._media(record)
             field = "field 'conversations', first human turn"
-            question = _with_image_token(question, not self.require_image_token, field)
+            question = _with_placeholders(
+                question, [m for m, _ in media], not self.require_image_token, field
+            )
             # A test record is one question; training takes the follow-ups unless turns: first.
             followups = tuple(later) if self.followups and not test else ()
         if test:
             _check_references(answer, scorer)
-        return Sample(record_id, self._image(record), question, answer, followups)
+        return Sample(record_id, media, question, answer, followups)
 
     def _drawing(self, record: object) -> Sample:
         """A text-to-image record: the instruction, the image to draw, the caption."""
@@ -460,17 +514,33 @@ class _Reader:
         if not caption.strip():
             raise RecordError("field 'caption' is empty")
         record_id = _record_id(record, "id")
-        return Sample(record_id, self._image(record), instruction, caption, caption=caption)
+        return Sample(
+            record_id, (("image", self._path(record, "image")),), instruction, caption, caption=caption
+        )
 
-    def _image(self, record: dict) -> Path:
-        """The record's image, resolved inside the image root (its check comes after)."""
-        name = _field(record, "image")
+    def _media(self, record: dict) -> tuple[tuple[str, Path], ...]:
+        """The record's media files, as ``(modality, path)`` in the order image, video, audio."""
+        media = tuple((m, self._path(record, m)) for m in PLACEHOLDERS if m in record)
+        if not media:
+            raise RecordError(
+                f"no media: the record has none of the fields {', '.join(map(repr, PLACEHOLDERS))}"
+            )
+        return media
+
+    def _path(self, record: dict, modality: str) -> Path:
+        """The record's ``modality`` file, resolved inside the media root (its check comes after)."""
+        name = _field(record, modality)
         if not isinstance(name, str) or not name:
-            raise RecordError(f"field 'image': expected a relative path, got {_describe(name)}")
+            raise RecordError(f"field {modality!r}: expected a relative path, got {_describe(name)}")
         if name not in self.resolved:
-            self.resolved[name] = self._resolve(name)
+            self.resolved[name] = self._resolve(name, modality)
         if isinstance(resolved := self.resolved[name], RecordError):
-            raise resolved
+            raise RecordError(f"field {modality!r}: {resolved}")
+        if (kind := media_kind(resolved)) != modality:
+            article = "an" if modality == "image" else "a"
+            raise RecordError(
+                f"field {modality!r}: {name!r} is not {article} {modality} file (its name says {kind})"
+            )
         return resolved
 
     def _resolve_again(self, name: str, path: Path) -> Path | RecordError:
@@ -479,7 +549,7 @@ class _Reader:
         is no symlink); anything else is resolved in full."""
         folder, file = os.path.split(name)
         if folder not in self.real_folders:
-            self.real_folders[folder] = os.path.realpath(os.path.join(self.image_root, folder))
+            self.real_folders[folder] = os.path.realpath(os.path.join(self.media_root, folder))
         text = str(path)
         if file not in ("", ".", "..") and os.path.join(self.real_folders[folder], file) == text:
             try:
@@ -487,19 +557,17 @@ class _Reader:
                     return path
             except OSError:
                 pass
-        return self._resolve(name)
+        return self._resolve(name, media_kind(path))
 
-    def _resolve(self, name: str) -> Path | RecordError:
+    def _resolve(self, name: str, modality: str) -> Path | RecordError:
         if PurePath(name).is_absolute():
-            return RecordError(f"field 'image': {name!r} is absolute; paths are relative to image_root")
+            return RecordError(f"{name!r} is absolute; paths are relative to media_root")
         # resolve() follows symlinks, so a link out of the root is caught like "../".
-        path = (self.image_root / name).resolve()
-        if not path.is_relative_to(self.image_root):
-            return RecordError(
-                f"field 'image': {name!r} resolves to {path}, outside image_root {self.image_root}"
-            )
-        if not path.is_file():
-            return RecordError(f"field 'image': no image file at {path}")
+        path = (self.media_root / name).resolve()
+        if not path.is_relative_to(self.media_root):
+            return RecordError(f"{name!r} resolves to {path}, outside media_root {self.media_root}")
+        if not (path.is_file() or path.is_dir() and media_kind(path) == "video"):
+            return RecordError(f"no {modality} file at {path}")
         return path
 
 
@@ -524,12 +592,13 @@ def _id_note(record: object) -> str:
 class LLaVAStream(TaskStream):
     """Tasks read from LLaVA conversation files (training) and CoIN question files (test).
 
-    Every file and image is checked here (or its check found in the cache), before any training
-    (see the module's docstring).
+    Every file, image, clip and sound is checked here (or its check found in the cache), before
+    any training (see the module's docstring).
 
     Args:
         tasks: the instruction tasks in stream order, each ``{name, train, test, scorer}``.
-        image_root: the folder the records' ``image`` paths are relative to; no path may leave it.
+        media_root: the folder the records' ``image``, ``video`` and ``audio`` paths are
+            relative to; no path may leave it.
         pretrain: training conversations for MM pre-training (alignment); none: no pre-training task.
         pretrain_drawings: text-to-image records pre-training also trains on (aligning the
             Output Projector, for a model that draws); none: conversations only.
@@ -537,18 +606,23 @@ class LLaVAStream(TaskStream):
         require_image_token: a conversation without ``<image>`` is an error; false puts one in front.
         turns: ``all``: train on every answer of a multi-turn conversation; ``first``: on the
             first question and answer only. (Test records are one question either way.)
-        check_images: ``decode`` every image in full before training, or read its ``header``
-            only (for image sets too large to decode up front); see ``streams/image_checks.py``.
-        image_changes: how a changed image is told from the one read before, by the image
-            checks' cache and by a resume, which refuses a changed image: ``stat``, its size,
+        check_images: ``decode`` every image, clip and sound in full before training, or read
+            its ``header`` only (for sets too large to decode up front); see
+            ``streams/media_checks.py``.
+        image_changes: how a changed media file is told from the one read before, by the media
+            checks' cache and by a resume, which refuses a changed file: ``stat``, its size,
             modification time and inode; ``content``, its size and a hash of its bytes (for
-            file systems that keep no modification times; every image is read at every build).
+            file systems that keep no modification times; every file is read at every build).
+        image_root: ``media_root``'s earlier name, still read (give one of the two).
+        num_frames: sample this many frames of every clip, spread evenly (a clip with fewer is
+            an error before training); none: as the model's processor samples a whole clip.
+        fps: or sample this many frames per second of a clip (not with num_frames).
     """
 
     def __init__(
         self,
         tasks: list[TaskFiles],
-        image_root: str,
+        media_root: str | None = None,
         pretrain: str | None = None,
         pretrain_drawings: str | None = None,
         max_samples: int | None = None,
@@ -556,14 +630,21 @@ class LLaVAStream(TaskStream):
         turns: Literal["all", "first"] = "all",
         check_images: ImageCheck = "decode",
         image_changes: ImageChanges = "stat",
+        image_root: str | None = None,
+        num_frames: int | None = None,
+        fps: float | None = None,
     ) -> None:
-        _check_settings(tasks, image_root, max_samples)
-        root = Path(image_root).resolve()
+        media_root = _media_root(media_root, image_root)
+        _check_settings(tasks, media_root, max_samples, num_frames, fps)
+        root = Path(media_root).resolve()
         if pretrain_drawings is not None and pretrain is None:
             raise ValueError(
                 "LLaVAStream: pretrain_drawings is set without pretrain (the conversations it goes with)"
             )
-        reader = _Reader(root, require_image_token, max_samples, turns == "all", check_images, image_changes)
+        sampling = {"num_frames": num_frames} if num_frames else {"fps": fps} if fps else {}
+        reader = _Reader(
+            root, require_image_token, max_samples, turns == "all", check_images, image_changes, sampling
+        )
         try:
             self._read(reader, tasks, pretrain, pretrain_drawings)
         finally:
@@ -584,7 +665,25 @@ class LLaVAStream(TaskStream):
             self.pretrain_task = Task(name="pretrain", train=train, test=train)
 
 
-def _check_settings(tasks: list[TaskFiles], image_root: str, max_samples: int | None) -> None:
+def _media_root(media_root: str | None, image_root: str | None) -> str:
+    """The media root, given under its name or its earlier one (``image_root``)."""
+    if media_root is None and image_root is None:
+        raise ValueError("LLaVAStream: set media_root (the folder the records' media paths are relative to)")
+    if media_root is not None and image_root is not None and Path(media_root) != Path(image_root):
+        raise ValueError(
+            f"LLaVAStream: media_root {media_root} and image_root {image_root} differ; image_root is "
+            "media_root's earlier name: give one"
+        )
+    return media_root if media_root is not None else image_root
+
+
+def _check_settings(
+    tasks: list[TaskFiles],
+    media_root: str,
+    max_samples: int | None,
+    num_frames: int | None,
+    fps: float | None,
+) -> None:
     """The checks that need no file read: they fail fastest."""
     # As TaskStream checks them once the files are read: here they fail before any is.
     check_task_names([task.name for task in tasks], "LLaVAStream")
@@ -595,5 +694,12 @@ def _check_settings(tasks: list[TaskFiles], image_root: str, max_samples: int | 
             raise ValueError(f"task {task.name!r}: {error}") from None
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"LLaVAStream: max_samples must be at least 1, got {max_samples}")
-    if not Path(image_root).is_dir():
-        raise ValueError(f"LLaVAStream: image_root {image_root} is not a directory")
+    if num_frames is not None and fps is not None:
+        raise ValueError(
+            f"LLaVAStream: num_frames {num_frames} and fps {fps} both set; frames are sampled by one"
+        )
+    for name, value in (("num_frames", num_frames), ("fps", fps)):
+        if value is not None and value <= 0:
+            raise ValueError(f"LLaVAStream: {name} must be positive, got {value}")
+    if not Path(media_root).is_dir():
+        raise ValueError(f"LLaVAStream: media_root {media_root} is not a directory")

@@ -2,7 +2,7 @@
 
 Once a stream has read and checked a data file, what it made of it (its samples, and the
 image paths its records' names resolved to) is kept in ``$CONTMM_CACHE/streams/`` (see
-``streams/image_checks.py``), so a later build over the same file (the other DDP ranks,
+``streams/media_checks.py``), so a later build over the same file (the other DDP ranks,
 which Lightning's launcher starts after rank 0 has built its stream; the next run; a
 resume) loads it instead of parsing and checking every record again. A file with a bad
 record is never kept: its error comes from reading it.
@@ -36,7 +36,7 @@ import warnings
 from pathlib import Path
 
 from contmm.rundir.directory import atomic_write
-from streams.image_checks import cache_dir
+from streams.media_checks import cache_dir
 
 FORMAT = 1  # the layout of an entry; the code digest covers the rest
 # A file changed this recently when read is "racy": its entry also keeps a digest of its text.

@@ -1,7 +1,8 @@
-"""Tiny random image-text-to-text checkpoints saved the way transformers saves real ones:
-LLaVA-1.5's layout (CLIP tower, penultimate layer, MLP projector, Llama), Qwen2-VL's and
-Qwen2.5-VL's, each with its processor and a chat template, built with transformers' own
-classes; and what tests run on them."""
+"""Tiny random multimodal checkpoints saved the way transformers saves real ones: LLaVA-1.5's
+layout (CLIP tower, penultimate layer, MLP projector, Llama), Qwen2-VL's (images and video),
+Qwen2-Audio's and the other families of ``contmm.model.pretrained.FAMILIES``, each with its
+processor and a chat template, built with transformers' own classes; and what tests run on
+them."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
+    Qwen2AudioConfig,
+    Qwen2AudioForConditionalGeneration,
+    Qwen2AudioProcessor,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessor,
@@ -53,7 +57,9 @@ from transformers import (
     SmolVLMProcessor,
     SmolVLMVideoProcessor,
     SmolVLMVisionConfig,
+    WhisperFeatureExtractor,
 )
+from transformers.video_utils import load_video
 
 from contmm.model.chat import chat_messages
 from contmm.model.collate import sample_image
@@ -85,7 +91,8 @@ LLAVA_TEMPLATE = (
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
-# Qwen2-VL style (ChatML with <|vision_start|><|image_pad|><|vision_end|>).
+# Qwen2-VL style (ChatML with <|vision_start|><|image_pad|><|vision_end|>, and
+# <|vision_start|><|video_pad|><|vision_end|> for a clip).
 QWEN_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
@@ -95,6 +102,8 @@ QWEN_TEMPLATE = (
     "{% else %}"
     "{% for c in message['content'] %}"
     "{% if c['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif c['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+    "{% elif c['type'] == 'audio' %}{{ '<|audio_bos|><|AUDIO|><|audio_eos|>' }}"
     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
     "{% endfor %}"
     "{{ '<|im_end|>\n' }}"
@@ -656,6 +665,53 @@ def llava_onevision_model(tokenizer) -> LlavaOnevisionForConditionalGeneration:
     return with_generation_ids(LlavaOnevisionForConditionalGeneration(config), tokenizer)
 
 
+QWEN_AUDIO_SPECIAL = [
+    "<pad>",
+    "<unk>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|AUDIO|>",
+    "<|audio_bos|>",
+    "<|audio_eos|>",
+]
+
+
+def qwen2_audio_processor() -> Qwen2AudioProcessor:
+    tokenizer = word_tokenizer(
+        QWEN_AUDIO_SPECIAL,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        padding_side="left",
+        extra_special_tokens={
+            "audio_token": "<|AUDIO|>",
+            "audio_bos_token": "<|audio_bos|>",
+            "audio_eos_token": "<|audio_eos|>",
+        },
+    )
+    # 16 mel bins over 2 s windows (Whisper's are 128 over 30 s): 200 feature frames -> 50 tokens.
+    features = WhisperFeatureExtractor(feature_size=16, chunk_length=2, sampling_rate=16000)
+    return Qwen2AudioProcessor(feature_extractor=features, tokenizer=tokenizer, chat_template=QWEN_TEMPLATE)
+
+
+def qwen2_audio_model(tokenizer) -> Qwen2AudioForConditionalGeneration:
+    torch.manual_seed(0)
+    encoder = {
+        "num_mel_bins": 16,
+        "encoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "encoder_ffn_dim": 32,
+        "d_model": 16,
+        "max_source_positions": 100,  # the 200 feature frames, halved by the encoder's stride
+    }
+    config = Qwen2AudioConfig(
+        audio_config=encoder,
+        text_config=qwen2_text_config(tokenizer),
+        audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
+    )
+    return with_generation_ids(Qwen2AudioForConditionalGeneration(config), tokenizer)
+
+
 # Every family of contmm.model.pretrained.FAMILIES: how its tiny checkpoint is built (the
 # processor, then the model for the processor's tokenizer). The fidelity tests run on each.
 BUILDERS = {
@@ -667,6 +723,7 @@ BUILDERS = {
     "gemma3": (gemma3_processor, gemma3_model),
     "smolvlm": (smolvlm_processor, smolvlm_model),
     "llava_onevision": (llava_onevision_processor, llava_onevision_model),
+    "qwen2_audio": (qwen2_audio_processor, qwen2_audio_model),
 }
 
 
@@ -680,12 +737,36 @@ def save_checkpoint(kind: str, directory: Path) -> Path:
     return directory
 
 
-def with_images(messages: list[dict], sample: dict) -> list[dict]:
-    for message in messages:
-        for part in message["content"]:
+def oracle_inputs(processor, samples: list[dict], with_answers: bool, **kwargs) -> dict:
+    """transformers' own inputs for the samples: each sample's chat messages with its media in
+    their parts, through the processor's ``apply_chat_template``. An image as it is; a clip
+    decoded by transformers' own PyAV reader, with its metadata (its frame rate, which
+    Qwen2.5-VL's and Qwen3-VL's positions read); a sound by its path (transformers loads and
+    resamples it)."""
+    conversations, metadata = [], []
+    for sample in samples:
+        messages = chat_messages(sample, with_answers)
+        for part in messages[0]["content"]:
             if part["type"] == "image":
                 part["image"] = sample_image(sample)
-    return messages
+            elif part["type"] == "video":
+                part["video"], clip = load_video(str(sample["video"].path), backend="pyav")
+                metadata.append([clip])
+            elif part["type"] == "audio":
+                part["path"] = str(sample["audio"])
+        conversations.append(messages)
+    processor_kwargs = {
+        **kwargs.pop("processor_kwargs", {}),
+        **({"video_metadata": metadata} if metadata else {}),
+    }
+    return processor.apply_chat_template(
+        conversations,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs=processor_kwargs,
+        **kwargs,
+    )
 
 
 def fit_config(checkpoint, tmp_path, **sections) -> str:
@@ -710,13 +791,7 @@ def fit_config(checkpoint, tmp_path, **sections) -> str:
 def reference_answer(model, processor, sample: dict, max_new_tokens: int) -> str:
     """The greedy answer of transformers alone to a test sample: the processor's chat-template
     inputs and the model's own ``generate``."""
-    inputs = processor.apply_chat_template(
-        with_images(chat_messages(sample, with_answers=False), sample),
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-    )
+    inputs = oracle_inputs(processor, [sample], with_answers=False, add_generation_prompt=True)
     with torch.no_grad():
         tokens = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.batch_decode(tokens[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]

@@ -35,7 +35,7 @@ def root(tmp_path) -> Path:
 
 @pytest.fixture(autouse=True)
 def image_check_cache(tmp_path, monkeypatch) -> Path:
-    """Each test's own cache of image checks and parsed stream files (streams/image_checks.py,
+    """Each test's own cache of image checks and parsed stream files (streams/media_checks.py,
     streams/stream_cache.py), not the user's; the environment variable reaches the DDP
     processes a test starts."""
     cache = tmp_path / "contmm_cache"

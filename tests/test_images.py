@@ -75,7 +75,7 @@ def test_the_collator_and_the_llava_dataset_convert_with_to_rgb(tmp_path):
     assert sample_image({"image": path}).getpixel((0, 0)) == (128, 128, 128)
     with Image.open(path) as image:
         assert sample_image({"image": image}).getpixel((0, 0)) == (128, 128, 128)
-    dataset = LLaVADataset([Sample(id="g", image=path, question="<image>\nq", answer="a")], {})
+    dataset = LLaVADataset([Sample(id="g", media=(("image", path),), question="<image>\nq", answer="a")], {})
     assert dataset[0]["image"].getpixel((0, 0)) == (128, 128, 128)
 
 
@@ -93,7 +93,7 @@ def sideways(path: Path) -> None:
 def test_an_image_is_turned_upright_by_its_exif_orientation_as_transformers_load_image_does(tmp_path, name):
     path = tmp_path / name
     sideways(path)
-    dataset = LLaVADataset([Sample(id="p", image=path, question="<image>\nq", answer="a")], {})
+    dataset = LLaVADataset([Sample(id="p", media=(("image", path),), question="<image>\nq", answer="a")], {})
     for image in (open_rgb(path), sample_image({"image": path}), dataset[0]["image"]):
         assert image.size == (8, 16)
         top, bottom = image.getpixel((4, 2)), image.getpixel((4, 13))

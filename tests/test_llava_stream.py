@@ -131,7 +131,7 @@ def test_a_later_build_checks_only_images_new_or_changed_since(
     tmp_path, root, monkeypatch, image_check_cache
 ):
     stream_with(tmp_path, root)  # checks red.png and blue.png, and keeps the outcome
-    assert list(image_check_cache.glob("image_checks_*.json"))
+    assert list(image_check_cache.glob("media_checks_*.json"))
     opened = []
     original = Image.open
     monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(path) or original(path, *a, **k))
@@ -240,7 +240,10 @@ BAD_TRAIN = {
         {**with_turns([HUMAN, GPT]), "id": 1.5},
         "field 'id': expected a string or integer id",
     ),
-    "no image": ({"id": "x", "conversations": [HUMAN, GPT]}, "(id 'x'): missing field 'image'"),
+    "no image": (
+        {"id": "x", "conversations": [HUMAN, GPT]},
+        "(id 'x'): no media: the record has none of the fields 'image', 'video', 'audio'",
+    ),
     "no conversations": (
         {"id": "x", "image": "red.png", "text": "q ?", "answer": "a"},
         "missing field 'conv",
@@ -261,7 +264,7 @@ BAD_TRAIN = {
     ),
     "no image placeholder": (
         with_turns([{**HUMAN, "value": "q ?"}, GPT]),
-        "first human turn: the question has no <image> placeholder: 'q ?'",
+        "first human turn: the question has no <image> placeholder for its 'image' file: 'q ?'",
     ),
     "two image placeholders": (
         with_turns([{**HUMAN, "value": "<image> <image> q"}, GPT]),
@@ -337,14 +340,14 @@ def test_an_image_path_that_leaves_the_root_is_refused(tmp_path, root):
     write_image(tmp_path / "outside.png")
     message = error_of(tmp_path, root, train=[conversation("up", "sub/../../outside.png", "<image>", "a")])
     assert "(id 'up'): field 'image': 'sub/../../outside.png' resolves to" in message
-    assert "outside image_root" in message
+    assert "outside media_root" in message
 
 
 def test_a_symlink_out_of_the_root_is_refused(tmp_path, root):
     write_image(tmp_path / "outside.png")
     (root / "link.png").symlink_to(tmp_path / "outside.png")
     message = error_of(tmp_path, root, train=[conversation("ln", "link.png", "<image>", "a")])
-    assert "'link.png' resolves to" in message and "outside image_root" in message
+    assert "'link.png' resolves to" in message and "outside media_root" in message
 
 
 def test_a_missing_image_is_named(tmp_path, root):

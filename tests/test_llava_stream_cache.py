@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import streams.image_checks
 import streams.llava
+import streams.media_checks
 import streams.stream_cache
 from streams.llava import LLaVAStream, TaskFiles
 from tests.llava_files import coin, conversation, write_image, write_json
@@ -288,15 +288,15 @@ def test_an_image_name_that_resolves_elsewhere_now_is_resolved_anew(tmp_path, ro
     write_files(tmp_path)
     (root / "link.png").symlink_to("red.png")
     write_json(tmp_path / "test.jsonl", [coin(0, "link.png", "what colour ?", "red")], lines=True)
-    assert build(tmp_path, root).tasks[0].test.samples[0].image == root / "red.png"
+    assert build(tmp_path, root).tasks[0].test.samples[0].media == (("image", root / "red.png"),)
     (root / "link.png").unlink()
     (root / "link.png").symlink_to("sub/blue.png")
     parsed.clear()
-    assert build(tmp_path, root).tasks[0].test.samples[0].image == root / "sub/blue.png"
+    assert build(tmp_path, root).tasks[0].test.samples[0].media == (("image", root / "sub/blue.png"),)
     assert shorter(parsed) == ["task 'vqa' test"]
     (root / "link.png").unlink()
     (root / "link.png").symlink_to(tmp_path / "train.json")  # now out of the root
-    with pytest.raises(ValueError, match="outside image_root"):
+    with pytest.raises(ValueError, match="outside media_root"):
         build(tmp_path, root)
 
 
@@ -307,7 +307,7 @@ def test_a_folder_of_images_that_resolves_elsewhere_now_is_resolved_anew(tmp_pat
     (root / "sub/blue.png").unlink()
     (root / "sub").rmdir()
     (root / "sub").symlink_to(tmp_path / "v1")
-    with pytest.raises(ValueError, match="outside image_root"):  # as a fresh build would say
+    with pytest.raises(ValueError, match="outside media_root"):  # as a fresh build would say
         build(tmp_path, root)
     (root / "sub").unlink()
     (root / "v").mkdir()
@@ -365,7 +365,7 @@ def test_a_cache_that_cannot_be_written_gives_warnings_not_errors(tmp_path, root
         stream = build(tmp_path, root)
     messages = [str(warning.message) for warning in warned]
     assert sum("stream cache" in message and "not written" in message for message in messages) == 1
-    assert sum("image check cache" in message and "not written" in message for message in messages) == 1
+    assert sum("media check cache" in message and "not written" in message for message in messages) == 1
     assert len(stream.tasks[0].train) == 3
 
 
@@ -375,9 +375,9 @@ def test_a_cache_that_cannot_be_written_gives_warnings_not_errors(tmp_path, root
 @pytest.fixture
 def image_cache_writes(monkeypatch) -> list[str]:
     written = []
-    write = streams.image_checks.atomic_write
+    write = streams.media_checks.atomic_write
     monkeypatch.setattr(
-        streams.image_checks,
+        streams.media_checks,
         "atomic_write",
         lambda path, text: written.append(path.name) or write(path, text),
     )
@@ -391,9 +391,9 @@ def test_the_image_checks_are_written_once_per_build_and_only_if_an_image_was_ch
     write_image(root / "green.png", "green")  # new in the second file read
     write_json(tmp_path / "test.jsonl", [coin(0, "green.png", "what colour ?", "green")], lines=True)
     build(tmp_path, root)  # three files bring new images
-    assert image_cache_writes == ["image_checks_decode.json"]
+    assert image_cache_writes == ["media_checks_decode.json"]
     build(tmp_path, root)
-    assert image_cache_writes == ["image_checks_decode.json"]  # nothing new: not written
+    assert image_cache_writes == ["media_checks_decode.json"]  # nothing new: not written
 
 
 def test_the_image_checks_done_before_a_files_error_are_kept(tmp_path, root, opened, image_cache_writes):
@@ -401,7 +401,7 @@ def test_the_image_checks_done_before_a_files_error_are_kept(tmp_path, root, ope
     write_json(tmp_path / "test.jsonl", [coin(0, "red.png", "what colour ?", 7)], lines=True)
     with pytest.raises(ValueError, match="field 'answer'"):
         build(tmp_path, root)
-    assert image_cache_writes == ["image_checks_decode.json"]
+    assert image_cache_writes == ["media_checks_decode.json"]
     write_files(tmp_path)  # fixed
     opened.clear()
     build(tmp_path, root)

@@ -1,24 +1,27 @@
-"""Whole checkpoints (`model.pretrained`): LLaVA and Qwen2-VL saved by transformers, loaded the
-way a user loads them, with transformers' own model classes as the oracle."""
+"""Whole checkpoints (`model.pretrained`): every family saved by transformers, loaded the way a
+user loads them, with transformers' own model classes as the oracle, on every modality the
+family reads."""
 
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig
+from transformers import AutoModelForMultimodalLM, AutoProcessor, LlamaConfig
 
 from contmm.cli import main
 from contmm.model import BackboneConfig, ModelConfig, build_model, model_inputs
-from contmm.model.chat import chat_messages
 from contmm.model.collate import IGNORE_INDEX
 from contmm.model.pretrained import FAMILIES
 from strategies.ewc import EWC
 from strategies.projector_expansion import ProjectorExpansion
 from strategies.single_task import SingleTask
-from tests.checkpoints import BUILDERS, fit_config, reference_answer, save_checkpoint, with_images
+from tests.checkpoints import BUILDERS, fit_config, oracle_inputs, reference_answer, save_checkpoint
+from tests.media_files import as_modality
 
 KINDS = list(BUILDERS)
+# Every family with every modality it reads: the fidelity tests run on each.
+READINGS = [(kind, modality) for kind in KINDS for modality in FAMILIES[kind].modalities]
 
 
 def test_every_family_in_the_table_has_a_tiny_checkpoint_the_fidelity_tests_run_on():
@@ -31,7 +34,7 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.fixture
-def samples(stream):
+def image_samples(stream):
     # Two tasks' questions: prompts of different lengths, so batches are padded; two samples
     # are conversations of two and three turns, whose every answer is trained on.
     samples = [stream.tasks[j].train[i] for j in range(2) for i in range(2)]
@@ -43,42 +46,60 @@ def samples(stream):
     return samples
 
 
+@pytest.fixture
+def samples(request, image_samples, tmp_path):
+    """``image_samples`` in the modality the test reads: its ``modality`` parameter, or its
+    family's first (clips and sounds of differing lengths, written to ``tmp_path``)."""
+    params = request.node.callspec.params
+    modality = params.get("modality", FAMILIES[params["kind"]].modalities[0])
+    return as_modality(image_samples, modality, tmp_path)
+
+
 def oracle(directory):
     """The checkpoint as transformers alone loads it."""
-    model = AutoModelForImageTextToText.from_pretrained(directory).eval()
+    model = AutoModelForMultimodalLM.from_pretrained(directory).eval()
     return model, AutoProcessor.from_pretrained(directory)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_the_training_loss_is_the_checkpoints_own_loss_on_the_assistant_tokens(kind, checkpoints, samples):
-    model = build_model(ModelConfig(pretrained=str(checkpoints[kind])), []).eval()
-    batch = model.collator(train=True)(samples)
-    with torch.no_grad():
-        ours = model(**batch).loss
-
-    reference, processor = oracle(checkpoints[kind])
-    conversations = [with_images(chat_messages(s, with_answers=True), s) for s in samples]
-    # transformers' own assistant mask ({% generation %} in the tiny templates) gives the labels.
-    inputs = processor.apply_chat_template(
-        conversations,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
+def oracle_loss(reference, processor, samples) -> tuple[torch.Tensor, int]:
+    """transformers' own loss on the samples' conversations (its chat template's assistant
+    mask, ``{% generation %}`` in the tiny templates, gives the labels), and the labels counted."""
+    inputs = oracle_inputs(
+        processor,
+        samples,
+        with_answers=True,
         return_assistant_tokens_mask=True,
         processor_kwargs={"padding": True},
     )
     mask = inputs.pop("assistant_masks")
     labels = inputs["input_ids"].masked_fill(mask == 0, IGNORE_INDEX)
-    assert int((batch["labels"] != IGNORE_INDEX).sum()) == int(mask.sum())  # the same tokens, counted
     with torch.no_grad():
-        expected = reference(**inputs, labels=labels).loss
-    assert float(ours) == pytest.approx(float(expected), abs=1e-5)
+        return reference(**inputs, labels=labels).loss, int(mask.sum())
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_batched_predictions_equal_the_checkpoints_own_generate_sample_by_sample(kind, checkpoints, stream):
+@pytest.mark.parametrize(("kind", "modality"), READINGS)
+def test_the_training_loss_is_the_checkpoints_own_loss_on_the_assistant_tokens(
+    kind, modality, checkpoints, samples, tmp_path
+):
     model = build_model(ModelConfig(pretrained=str(checkpoints[kind])), []).eval()
-    tests = [stream.tasks[j].test[i] for j in range(2) for i in range(3)]
+    batch = model.collator(train=True)(samples)
+    with torch.no_grad():
+        ours = model(**batch).loss
+    reference, processor = oracle(checkpoints[kind])
+    expected, labelled = oracle_loss(reference, processor, samples)
+    assert int((batch["labels"] != IGNORE_INDEX).sum()) == labelled  # the same tokens, counted
+    assert float(ours) == pytest.approx(float(expected), abs=1e-5)
+    if modality != "image":  # the comparison sees the media: a clip or sound cut short differs
+        cut, _ = oracle_loss(reference, processor, as_modality(samples, modality, tmp_path / "cut", cut=True))
+        assert float(cut) != pytest.approx(float(expected), abs=1e-5)
+
+
+@pytest.mark.parametrize(("kind", "modality"), READINGS)
+def test_batched_predictions_equal_the_checkpoints_own_generate_sample_by_sample(
+    kind, modality, checkpoints, stream, tmp_path
+):
+    model = build_model(ModelConfig(pretrained=str(checkpoints[kind])), []).eval()
+    tests = as_modality([stream.tasks[j].test[i] for j in range(2) for i in range(3)], modality, tmp_path)
     batch = model.collator(train=False)(tests)
     assert (batch["attention_mask"][:, 0] == 0).any(), "the batch should need left padding"
     ours = model.tokenizer.batch_decode(model.generate(model_inputs(batch), 6), skip_special_tokens=True)
@@ -228,12 +249,12 @@ def test_fit_tunes_a_whole_checkpoint_with_lora_per_task(checkpoints, tmp_path):
 
 
 def test_ewc_estimates_its_fisher_and_penalty_on_a_whole_checkpoints_trainable_components(
-    checkpoints, samples
+    checkpoints, image_samples
 ):
     model = build_model(ModelConfig(pretrained=str(checkpoints["llava"])), [])
     model.set_trainable(["input_projector"])
     ewc = EWC(ewc_lambda=1.0, fisher_batches=1)
-    ewc.after_task(model, 0, [model.collator(train=True)(samples)])
+    ewc.after_task(model, 0, [model.collator(train=True)(image_samples)])
     (fisher,) = ewc.fishers
     assert set(fisher) == {n for n, p in model.named_parameters() if p.requires_grad}
     assert all(".multi_modal_projector." in name for name in fisher) and any(f.any() for f in fisher.values())

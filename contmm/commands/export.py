@@ -1,8 +1,8 @@
 """`contmm export`: a fit run's tuned model in a form the ecosystem loads without contmm.
 
 A whole checkpoint (``model.pretrained``) is written back as a transformers directory of
-its own class with its processor (``AutoModelForImageTextToText.from_pretrained`` loads
-it). LoRA adapters on its LLM are merged into it when there is one; with one adapter per
+its own class with its processor (``AutoModelForMultimodalLM.from_pretrained`` loads it,
+and ``AutoModelForImageTextToText`` an image family's). LoRA adapters on its LLM are merged into it when there is one; with one adapter per
 task (LoRA-per-task), the directory holds the base model and ``adapters/<name>/``, one peft
 adapter for the whole model each (``PeftModel.from_pretrained(base, DIR/adapters/<name>)``),
 and ``manifest.json`` lists them with the stream's tasks.

@@ -1,9 +1,12 @@
 """Batches built by a checkpoint's own processor from its chat template.
 
-A sample's question holds the ``<image>`` placeholder where the image goes; it becomes one
-user message (text and image parts) and, for training, the answer one assistant message,
-followed by the sample's follow-up turns. The processor renders them with the checkpoint's
-chat template, expands the image tokens and preprocesses the images. Labels cover each
+A sample's question holds a placeholder (``<image>``, ``<video>``, ``<audio>``) where each of
+its media goes; it becomes one user message (text, image, video and audio parts) and, for
+training, the answer one assistant message, followed by the sample's follow-up turns. The
+processor renders them with the checkpoint's chat template, expands the media tokens and
+preprocesses the media: a clip decoded whole, its frames sampled by the processor (or as the
+stream's ``num_frames`` / ``fps`` ask), a sound resampled to the feature extractor's rate
+(``contmm/model/media.py``). Decoding happens here, in the DataLoader's workers. Labels cover each
 assistant answer up to and including its first end token (an eos of the checkpoint): it
 starts where the rendering of the conversation up to its question (with the generation
 prompt) ends, which any template gives, with or without ``{% generation %}`` markers.
@@ -11,22 +14,31 @@ prompt) ends, which any template gives, with or without ``{% generation %}`` mar
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from contmm.model.collate import IGNORE_INDEX, is_generation, sample_image
-from contmm.model.tokenizer import IMAGE_TOKEN
+from contmm.model.media import load_clip, load_waveform
+from contmm.model.tokenizer import PLACEHOLDERS
+
+PLACEHOLDER = re.compile("(" + "|".join(map(re.escape, PLACEHOLDERS.values())) + ")")
+MODALITY = {token: modality for modality, token in PLACEHOLDERS.items()}
 
 
 def chat_messages(sample: dict, with_answers: bool) -> list[dict]:
-    """The sample as chat messages: the question (text around its image), then with
+    """The sample as chat messages: the question (text around its media), then with
     ``with_answers`` its answer and the follow-up turns."""
-    before, placeholder, after = sample["question"].partition(IMAGE_TOKEN)
-    if not placeholder:
-        raise ValueError(f"sample {sample['id']!r}: the question has no {IMAGE_TOKEN} placeholder")
-    parts = [{"type": "text", "text": before.strip()}] if before.strip() else []
-    parts.append({"type": "image"})
-    if after.strip():
-        parts.append({"type": "text", "text": after.strip()})
+    pieces = PLACEHOLDER.split(sample["question"])  # text, placeholder, text, ...
+    if len(pieces) == 1:
+        raise ValueError(
+            f"sample {sample['id']!r}: the question has no placeholder ({', '.join(PLACEHOLDERS.values())})"
+        )
+    parts = [
+        {"type": MODALITY[piece]} if i % 2 else {"type": "text", "text": piece.strip()}
+        for i, piece in enumerate(pieces)
+        if i % 2 or piece.strip()
+    ]
     messages = [{"role": "user", "content": parts}]
     if with_answers:
         for turn, answer in enumerate(
@@ -51,13 +63,34 @@ class ChatCollator:
     def render(self, messages: list[dict], prompt: bool) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
 
-    def encode(self, texts: list[str], images: list, padding_side: str) -> dict:
-        # As the processor's own apply_chat_template: each sample's images in a list of their
-        # own, and no special tokens added to a rendering that begins with the template's <bos>.
+    def media(self, sample: dict) -> dict:
+        """The sample's media decoded for the processor: its image, its clip's frames and
+        metadata, its sound at the feature extractor's rate."""
+        media = {"images": [sample_image(sample)] if "image" in sample else []}
+        if "video" in sample:
+            frames, metadata = load_clip(sample["video"])
+            media.update(videos=[frames], video_metadata=[metadata], sampling=sample["video"].sampling())
+        if "audio" in sample:
+            media["audio"] = [load_waveform(sample["audio"], self.processor.feature_extractor.sampling_rate)]
+        return media
+
+    def encode(self, texts: list[str], media: list[dict], padding_side: str) -> dict:
+        # As the processor's own apply_chat_template: each sample's images and videos in a list
+        # of their own, the sounds in one flat list, and no special tokens added to a rendering
+        # that begins with the template's <bos>.
         bos = self.processor.tokenizer.bos_token
+        inputs = {}
+        for key in ("images", "videos", "video_metadata"):
+            if any(row.get(key) for row in media):
+                inputs[key] = [row.get(key, []) for row in media]
+        if sounds := [sound for row in media for sound in row.get("audio", [])]:
+            inputs.update(audio=sounds, sampling_rate=self.processor.feature_extractor.sampling_rate)
+        # The stream's frame sampling, one for all its clips.
+        sampling = next((row["sampling"] for row in media if row.get("sampling")), {})
         return self.processor(
             text=texts,
-            images=[[image] for image in images],
+            **inputs,
+            **sampling,
             padding=True,
             padding_side=padding_side,
             add_special_tokens=not (bos is not None and texts[0].startswith(bos)),
@@ -70,10 +103,10 @@ class ChatCollator:
                 f"sample {drawn[0]!r} asks for an image: a whole checkpoint (model.pretrained) does not "
                 "generate images in contmm yet; use an assembled model with model.generator"
             )
-        images = [sample_image(s) for s in samples]
+        media = [self.media(s) for s in samples]
         if not self.train:
             prompts = [self.render(chat_messages(s, with_answers=False), prompt=True) for s in samples]
-            batch = dict(self.encode(prompts, images, "left"))
+            batch = dict(self.encode(prompts, media, "left"))
             batch.update(
                 ids=[s["id"] for s in samples],
                 questions=[s["question"] for s in samples],
@@ -81,11 +114,11 @@ class ChatCollator:
             )
             return batch
         conversations = [chat_messages(s, with_answers=True) for s in samples]
-        batch = dict(self.encode([self.render(m, prompt=False) for m in conversations], images, "right"))
-        batch["labels"] = self.labels(samples, conversations, images, batch)
+        batch = dict(self.encode([self.render(m, prompt=False) for m in conversations], media, "right"))
+        batch["labels"] = self.labels(samples, conversations, media, batch)
         return batch
 
-    def labels(self, samples: list[dict], conversations: list[list[dict]], images: list, batch: dict):
+    def labels(self, samples: list[dict], conversations: list[list[dict]], media: list[dict], batch: dict):
         """``input_ids`` on each assistant answer (to its first end token), -100
         elsewhere. Answer k starts where the rendering of the conversation up to its k-th
         question, with the generation prompt, ends."""
@@ -94,7 +127,7 @@ class ChatCollator:
         for turn in range(max(len(m) for m in conversations) // 2):
             rows = [row for row, messages in enumerate(conversations) if len(messages) > 2 * turn]
             prefixes = [self.render(conversations[row][: 2 * turn + 1], prompt=True) for row in rows]
-            encoded = self.encode(prefixes, [images[row] for row in rows], "right")
+            encoded = self.encode(prefixes, [media[row] for row in rows], "right")
             for i, row in enumerate(rows):
                 start = int(encoded["attention_mask"][i].sum())
                 if not torch.equal(input_ids[row, :start], encoded["input_ids"][i, :start]):

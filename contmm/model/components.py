@@ -62,6 +62,9 @@ class ComponentModel(nn.Module):
     # draws images with ``draw``.
     generates = False
 
+    # The modalities the model reads (its samples' media): the assembled model reads images.
+    modalities: tuple[str, ...] = ("image",)
+
     # Whether the input projector maps each image's tokens on their own (a batch of images
     # in, the same batch out), so that a sample's image can be sent to a projector of its own.
     per_image_projector = True

@@ -1,8 +1,10 @@
-"""A whole image-text-to-text checkpoint (LLaVA, Qwen2-VL, Qwen2.5-VL) as contmm's model.
+"""A whole multimodal checkpoint (LLaVA, Qwen2-VL, Qwen2-Audio, ... : :data:`FAMILIES`) as
+contmm's model.
 
 The checkpoint's own transformers model does the work, so transformers stays the
 reference: its forward gives the loss, its ``generate`` the predictions, and its processor
-builds the inputs (chat template, image-token expansion, image preprocessing). The survey's
+builds the inputs (chat template, media-token expansion, image, video and audio
+preprocessing). The survey's
 components are views onto the checkpoint's own submodules, not copies, so ``freeze:``,
 EWC and LoRA on the backbone act on the checkpoint itself.
 """
@@ -12,10 +14,11 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForMultimodalLM, AutoProcessor
 
 from contmm.model.chat import ChatCollator
 from contmm.model.components import ComponentModel, model_inputs
@@ -30,10 +33,12 @@ class Family:
     fields of its ``get_image_features`` output the LLM reads (``encoder_probe``: a tower's
     weights that none of them depends on stay frozen when the tower is trained), and where
     its language model sits (the LLM Backbone with the ``lm_head``; LoRA adapters are
-    addressed from there)."""
+    addressed from there), and which modalities it reads (``image``, ``video``, ``audio``:
+    its encoder reads them all)."""
 
     encoder: str
     input_projector: str
+    modalities: tuple[str, ...] = ("image",)
     per_image_projector: bool = False
     image_features: tuple[str, ...] = ("pooler_output",)
     language_model: str = "model.language_model"
@@ -50,14 +55,18 @@ class Family:
 # naming these. The LLM's head is ``lm_head`` in every row.
 FAMILIES = {
     "llava": Family("model.vision_tower", "model.multi_modal_projector", per_image_projector=True),
-    # Qwen2-VL's merger reads the patches of all a batch's images as one sequence.
-    "qwen2_vl": Family("model.visual", "model.visual.merger"),
-    "qwen2_5_vl": Family("model.visual", "model.visual.merger"),
+    # Qwen2-VL's merger reads the patches of all a batch's images as one sequence; its tower
+    # reads a clip's frames as images, two at a time (temporal_patch_size).
+    "qwen2_vl": Family("model.visual", "model.visual.merger", modalities=("image", "video")),
+    "qwen2_5_vl": Family("model.visual", "model.visual.merger", modalities=("image", "video")),
     # Qwen3-VL's merger too reads all a batch's patches as one sequence. Its deepstack mergers
     # (intermediate vision layers added into the LLM's first layers) count with the encoder:
     # frozen or trained with it; the LLM reads their features beside the merger's.
     "qwen3_vl": Family(
-        "model.visual", "model.visual.merger", image_features=("pooler_output", "deepstack_features")
+        "model.visual",
+        "model.visual.merger",
+        modalities=("image", "video"),
+        image_features=("pooler_output", "deepstack_features"),
     ),
     # Gemma 3's projector pools, norms and projects each image's patch grid on its own.
     "gemma3": Family("model.vision_tower", "model.multi_modal_projector", per_image_projector=True),
@@ -84,6 +93,8 @@ FAMILIES = {
         language_model="model.text_model",
         features_in_tower_dtype=True,
     ),
+    # Qwen2-Audio: a Whisper-style encoder on log-mel features, a linear projector, Qwen2.
+    "qwen2_audio": Family("model.audio_tower", "model.multi_modal_projector", modalities=("audio",)),
 }
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -115,7 +126,7 @@ def load_checkpoint(cfg) -> tuple[nn.Module, object]:
         )
     quantization_config = quantization(cfg, model_type)
     with loader_errors("model.pretrained", path):
-        model, report = AutoModelForImageTextToText.from_pretrained(
+        model, report = AutoModelForMultimodalLM.from_pretrained(
             path,
             dtype=DTYPES[cfg.dtype],
             attn_implementation=cfg.attn_implementation,
@@ -182,8 +193,11 @@ class PretrainedMMLLM(ComponentModel):
         self.hf, self.processor = load_checkpoint(cfg)
         self.family = FAMILIES[self.hf.config.model_type]
         self.per_image_projector = self.family.per_image_projector
+        self.modalities = self.family.modalities
         self.tokenizer = self.processor.tokenizer
-        self.image_token_id = self.hf.config.image_token_id
+        # The placeholder token routing leaves out of a sample's instruction (an image's; an
+        # audio family's sound's).
+        self.image_token_id = getattr(self.hf.config, "image_token_id", None) or self.hf.config.audio_token_id
         # A view, not a child module: the checkpoint (``hf``) owns every weight once.
         lm = self.hf.get_submodule(self.family.language_model)
         self.__dict__["backbone"] = LanguageBackbone(lm, self.hf.lm_head)
@@ -249,6 +263,12 @@ class PretrainedMMLLM(ComponentModel):
         return ChatCollator(self.processor, train, end_ids=eos if isinstance(eos, list) else [eos])
 
     def encoder_probe(self) -> object:
+        if "image" not in self.modalities:  # a sound's encoder: its features of one silent second
+            rate = self.processor.feature_extractor.sampling_rate
+            silence = self.processor.feature_extractor(
+                [np.zeros(rate, np.float32)], sampling_rate=rate, return_tensors="pt"
+            )
+            return self.encoder(silence["input_features"].to(self.hf.device)).last_hidden_state
         # The checkpoint's own image path (its feature layer, CLS or not, its merger): the
         # family's ``image_features`` of it (``pooler_output``, ...) are what the LLM reads.
         blank = self.processor.image_processor(images=[Image.new("RGB", (224, 224))], return_tensors="pt")

@@ -8,6 +8,8 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 IMAGE_TOKEN = "<image>"
+# Where a record's media go in its first question, LLaVA-style: one placeholder per modality.
+PLACEHOLDERS = {"image": IMAGE_TOKEN, "video": "<video>", "audio": "<audio>"}
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 
 

@@ -6,7 +6,7 @@ another word-level vocabulary under the weights trained on the old one.
 Each task split (and the pre-training data) is summarised by a hash of its samples' ids,
 questions, answers and follow-up turns, the tokenizer by a hash of its vocabulary. A split
 whose dataset has ``image_stamps()`` (the LLaVA stream's: each image file it reads → its
-size, modification time and inode, or a hash of its content; ``streams/image_checks.py``)
+size, modification time and inode, or a hash of its content; ``streams/media_checks.py``)
 is also summarised by a hash of those, under ``"images"``: a checkpoint holds one hash per
 split, not one entry per image (a CoIN run reads 570 k). To name the image that changed, a
 run keeps every image's stamp once, in ``inputs/images.json`` of its run directory

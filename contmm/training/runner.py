@@ -15,6 +15,7 @@ import lightning as L
 from contmm.analysis.generation_grid import write_generation_grid
 from contmm.checks import check_seed
 from contmm.model import ModelConfig, build_model
+from contmm.model.modalities import check_modalities
 from contmm.rundir.checkpoint import (
     Checkpoint,
     CheckpointConfig,
@@ -106,6 +107,7 @@ class ContinualRun:
         evaluated = [*stream.tasks, *self.held_out_tasks]  # held-out ids follow the stream's
         self.module = ContinualModule(self.model, self.strategies, optimizer, eval, len(evaluated))
         check_drawing(evaluated, self.model, eval.clip_model)
+        check_modalities([*evaluated, *([stream.pretrain_task] if stream.pretrain_task else [])], self.model)
         if any(task.scorer == "clip_score" for task in evaluated):
             self.module.clip_scorer()  # loaded now: a wrong eval.clip_model stops the run before training
         self.record = RunRecord(
