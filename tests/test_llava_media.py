@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile
+from PIL import Image
 from transformers.audio_utils import load_audio
 from transformers.video_utils import load_video
 
@@ -69,8 +70,6 @@ def test_a_directory_of_frames_is_a_clip_in_name_order(tmp_path):
     frames = clip_frames(4, 16, seed=1)
     for i, frame in enumerate(frames):
         (tmp_path / "clip").mkdir(exist_ok=True)
-        from PIL import Image
-
         Image.fromarray(frame).save(tmp_path / f"clip/{i:03d}.png")
     clip, metadata = load_clip(Video(tmp_path / "clip"))
     assert np.array_equal(clip, frames) and metadata.total_num_frames == 4 and metadata.fps is None
@@ -137,8 +136,10 @@ BAD = {
     "placeholder without its file": (
         lambda root: None,
         record("x", "<video>\n<audio>\nwhat moves ?", video="clips/move.mp4"),
-        "(id 'x'): field 'conversations', first human turn: the question holds <audio> but the record "
-        "has no 'audio' file",
+        (
+            "(id 'x'): field 'conversations', first human turn: the question holds <audio> but the "
+            "record has no 'audio' file"
+        ),
     ),
     "a sound given as the video": (
         lambda root: None,
