@@ -17,7 +17,7 @@ from strategies.ewc import EWC
 from strategies.projector_expansion import ProjectorExpansion
 from strategies.single_task import SingleTask
 from tests.checkpoints import BUILDERS, fit_config, oracle_inputs, reference_answer, save_checkpoint
-from tests.media_files import as_modality
+from tests.media_files import as_modality, write_tone
 
 KINDS = list(BUILDERS)
 # Every family with every modality it reads: the fidelity tests run on each.
@@ -108,6 +108,22 @@ def test_batched_predictions_equal_the_checkpoints_own_generate_sample_by_sample
     expected = [reference_answer(reference, processor, sample, 6) for sample in tests]
     assert ours == expected
     assert any(expected), "random weights still generate words: the comparison can fail"
+
+
+def test_a_sound_longer_than_the_feature_extractors_window_is_an_error_not_cut(
+    checkpoints, image_samples, tmp_path
+):
+    """The tiny Qwen2-Audio reads 2 s windows; its feature extractor would drop the rest of a
+    longer sound without a word."""
+    model = build_model(ModelConfig(pretrained=str(checkpoints["qwen2_audio"])), [])
+    (sample,) = as_modality(image_samples[:1], "audio", tmp_path)
+    sample["audio"] = write_tone(tmp_path / "long.wav", seconds=2.5)
+    with pytest.raises(
+        ValueError, match=r"lasts 2\.5 s, longer than the 2\.0 s the checkpoint's feature extractor"
+    ):
+        model.collator(train=True)([sample])
+    sample["audio"] = write_tone(tmp_path / "whole.wav", seconds=2.0)  # exactly the window: read whole
+    assert model.collator(train=True)([sample])["feature_attention_mask"].sum() == 200
 
 
 def test_the_components_are_the_checkpoints_own_submodules_and_freeze_by_name(checkpoints):

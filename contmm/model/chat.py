@@ -71,8 +71,22 @@ class ChatCollator:
             frames, metadata = load_clip(sample["video"])
             media.update(videos=[frames], video_metadata=[metadata], sampling=sample["video"].sampling())
         if "audio" in sample:
-            media["audio"] = [load_waveform(sample["audio"], self.processor.feature_extractor.sampling_rate)]
+            media["audio"] = [self.sound(sample)]
         return media
+
+    def sound(self, sample: dict):
+        """The sample's sound at the feature extractor's rate; one longer than the extractor's
+        window (Whisper's 30 s) is an error: the extractor would cut the rest off unsaid."""
+        features = self.processor.feature_extractor
+        waveform = load_waveform(sample["audio"], features.sampling_rate)
+        window = getattr(features, "n_samples", None)
+        if window is not None and len(waveform) > window:
+            raise ValueError(
+                f"sample {sample['id']!r}: the sound {sample['audio']} lasts {len(waveform) / features.sampling_rate:.1f} s, "
+                f"longer than the {window / features.sampling_rate:.1f} s the checkpoint's feature extractor reads "
+                "(it would cut the rest off): cut the sound into clips of at most that length"
+            )
+        return waveform
 
     def encode(self, texts: list[str], media: list[dict], padding_side: str) -> dict:
         # As the processor's own apply_chat_template: each sample's images and videos in a list
