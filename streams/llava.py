@@ -134,14 +134,6 @@ class LLaVADataset(Dataset):
         (``contmm/rundir/fingerprint.py``)."""
         return {str(path): self.stamps[path] for sample in self.samples for _, path in sample.media}
 
-    def modalities(self) -> dict[str, str | int]:
-        """Each modality the split's samples read → the id of the first sample reading it."""
-        first = {}
-        for sample in self.samples:
-            for modality, _ in sample.media if sample.caption is None else ():
-                first.setdefault(modality, sample.id)
-        return first
-
     def text(self, index: int) -> dict:
         """The sample without its image (cheap): id, question and answer."""
         sample = self.samples[index]
