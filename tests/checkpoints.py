@@ -141,6 +141,19 @@ def word_tokenizer(special: list[str], **kwargs) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
 
 
+def chatml_tokenizer(special: list[str], **media_tokens: str) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with ChatML's ends (<|im_end|> the eos, no bos), left-padding, and
+    the processor's media tokens named (``image_token="<|image_pad|>"``, ...)."""
+    return word_tokenizer(
+        special,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        extra_special_tokens=media_tokens,
+        padding_side="left",
+    )
+
+
 def llava_processor() -> LlavaProcessor:
     tokenizer = word_tokenizer(
         ["<pad>", "<unk>", "<s>", "</s>", "<image>"],
@@ -189,14 +202,7 @@ QWEN_SPECIAL = [
 
 
 def qwen2vl_processor() -> Qwen2VLProcessor:
-    tokenizer = word_tokenizer(
-        QWEN_SPECIAL,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="<|im_end|>",
-        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-        padding_side="left",
-    )
+    tokenizer = chatml_tokenizer(QWEN_SPECIAL, image_token="<|image_pad|>", video_token="<|video_pad|>")
     # factor = patch_size * merge_size = 28: a 56x56 image -> grid (1, 4, 4) -> 16 patches -> 4 tokens
     image_processor = Qwen2VLImageProcessor(
         min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, temporal_patch_size=2, merge_size=2
@@ -370,18 +376,12 @@ def internvl_processor() -> InternVLProcessor:
     """InternVL's own processor; its tokenizer names the image tokens as InternVL-hf's does. A
     56x56 image is one tile: the processor turns tiling on (``crop_to_patches``) whatever the
     image processor says, so ``max_patches=1`` keeps it to one crop and no thumbnail."""
-    tokenizer = word_tokenizer(
+    tokenizer = chatml_tokenizer(
         INTERNVL_SPECIAL,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="<|im_end|>",
-        extra_special_tokens={
-            "start_image_token": "<img>",
-            "end_image_token": "</img>",
-            "context_image_token": "<IMG_CONTEXT>",
-            "video_token": "<video>",
-        },
-        padding_side="left",
+        start_image_token="<img>",
+        end_image_token="</img>",
+        context_image_token="<IMG_CONTEXT>",
+        video_token="<video>",
     )
     size = {"height": 56, "width": 56}
     image_processor = GotOcr2ImageProcessor(size=size, crop_to_patches=False, max_patches=1)
@@ -625,13 +625,10 @@ def llava_onevision_processor() -> LlavaOnevisionProcessor:
     """LLaVA-OneVision's own processor (anyres): a 32x32 image is its 16 px base tile and the
     2x2 grid of 16 px tiles it fills, 5 tiles of (16/8)^2 = 4 patches: 4 base tokens, 16 grid
     tokens and a newline token after each of the grid's 4 rows, 24 image tokens."""
-    tokenizer = word_tokenizer(
+    tokenizer = chatml_tokenizer(
         ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"],
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="<|im_end|>",
-        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-        padding_side="left",
+        image_token="<image>",
+        video_token="<video>",
     )
     size = {"height": 16, "width": 16}
     image_processor = LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=LLAVA_ONEVISION_PINPOINTS)
@@ -677,17 +674,11 @@ QWEN_AUDIO_SPECIAL = [
 
 
 def qwen2_audio_processor() -> Qwen2AudioProcessor:
-    tokenizer = word_tokenizer(
+    tokenizer = chatml_tokenizer(
         QWEN_AUDIO_SPECIAL,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="<|im_end|>",
-        padding_side="left",
-        extra_special_tokens={
-            "audio_token": "<|AUDIO|>",
-            "audio_bos_token": "<|audio_bos|>",
-            "audio_eos_token": "<|audio_eos|>",
-        },
+        audio_token="<|AUDIO|>",
+        audio_bos_token="<|audio_bos|>",
+        audio_eos_token="<|audio_eos|>",
     )
     # 16 mel bins over 2 s windows (Whisper's are 128 over 30 s): 200 feature frames -> 50 tokens.
     features = WhisperFeatureExtractor(feature_size=16, chunk_length=2, sampling_rate=16000)
