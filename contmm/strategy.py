@@ -67,6 +67,10 @@ class Strategy:
     # do); a strategy whose penalty has not been made and checked to work on shards sets it
     # to False, and is refused there.
     runs_sharded = True
+    # The media whose samples the strategy can handle; None: any. One that routes a sample by
+    # its image's features (routed LoRA, projector expansion) names ("image",), and a stream
+    # with clips or sounds is refused for it before the model is built.
+    media: tuple[str, ...] | None = None
 
     def setup(self, model: ComponentModel, stream: TaskStream) -> None:
         pass
@@ -126,6 +130,16 @@ class Strategies(Strategy):
                 f"strategies {refused} cannot run under trainer.strategy {sharding!r}: their penalty "
                 "reads whole weights, which are sharded there; use trainer.strategy ddp"
             )
+
+    def check_media(self, media: set[str]) -> None:
+        """Refuse, before the model is built, strategies that cannot handle the stream's media."""
+        for s in self.strategies:
+            if s.media is not None and (unread := sorted(media - set(s.media))):
+                raise ValueError(
+                    f"strategy {s.name} handles samples with {', '.join(s.media)} only (it routes each "
+                    f"sample by its image's features or expands the image's projector), but the stream "
+                    f"has samples with {', '.join(unread)}"
+                )
 
     def setup(self, model, stream):
         for s in self.strategies:

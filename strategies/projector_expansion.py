@@ -108,6 +108,10 @@ class ProjectorExpansion(Strategy):
         key_batches: training batches (per rank) the task's keys are computed from; None: all.
     """
 
+    # A projector per task of the image's projector: a clip or a sound would go through
+    # projectors of its own, not expanded yet.
+    media = ("image",)
+
     def __init__(
         self, oracle: bool = False, image_weight: float = 1.0, key_batches: int | None = None
     ) -> None:

@@ -52,6 +52,11 @@ class RoutedLoRA(LoRAPerTask):
         self.image_keys = self.instruction_keys = torch.zeros(0, 0)
         self.accuracy: RoutingAccuracy | None = None
 
+    @property
+    def media(self) -> tuple[str, ...] | None:
+        """Routing by the instruction alone reads any medium's samples; by the image, images only."""
+        return ("image",) if self.image_weight else None
+
     def setup(self, model, stream) -> None:
         if model.cfg.pretrained:
             raise ValueError(

@@ -38,9 +38,11 @@ def image_width(model) -> int:
 
 
 def instruction_features(model, batch: dict) -> torch.Tensor:
-    """The mean input embedding of the instruction's words: no image, padding or answer tokens."""
+    """The mean input embedding of the instruction's words: no media, padding or answer tokens."""
     input_ids = batch["input_ids"]
-    words = batch["attention_mask"].bool() & (input_ids != model.image_token_id)
+    words = batch["attention_mask"].bool()
+    for token_id in getattr(model, "placeholder_ids", {"image": model.image_token_id}).values():
+        words &= input_ids != token_id
     if "labels" in batch:
         words &= batch["labels"] == IGNORE_INDEX
     embeds = model.backbone.lm.get_input_embeddings()(input_ids).float()

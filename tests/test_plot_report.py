@@ -137,6 +137,21 @@ def test_one_run_plots_forgetting_curves_and_a_heatmap(tmp_path):
     assert any(ax.get_ylabel() == "score" for ax in figure.axes if ax not in (curves, heatmap))  # colorbar
 
 
+def test_a_run_over_several_media_names_each_task_s_medium(tmp_path):
+    media = {"colour": ["image"], "shape": ["audio"], "count": ["video"]}
+    mixed = load_run(write_run(tmp_path / "mixed", NAIVE, "Naive", task_media=media))
+    (curves,) = axes_titled(plot_runs([mixed]), "score of each task after each stage")
+    assert [line.get_label() for line in curves.get_lines()] == [
+        "colour (image)",
+        "shape (audio)",
+        "count (video)",
+    ]
+    assert curves.get_xticklabels()[2].get_text().endswith("shape (audio)")
+    # A run of images alone says nothing more.
+    plain = load_run(write_run(tmp_path / "plain", NAIVE, "Naive", task_media={t: ["image"] for t in TASKS}))
+    assert [plain.task_label(task) for task in TASKS] == TASKS
+
+
 def test_several_runs_add_one_average_line_per_run(tmp_path):
     naive = write_run(tmp_path / "naive", NAIVE, "Naive")
     replay = write_run(tmp_path / "replay", REPLAY, "Replay")

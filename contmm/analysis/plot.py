@@ -4,7 +4,8 @@ One run: (a) its forgetting curves, the score of every task after every stage, w
 on the stage that trained the task (and, dotted and grey, every held-out task's, which no
 stage trains), and (b) its score matrix R as a heatmap. Several runs:
 on top, the average score of the tasks seen so far after each stage, one line per run
-(the curve whose mean is MAA), then panels (a) and (b) of every run, one row per run. Runs
+(the curve whose mean is MAA), then panels (a) and (b) of every run, one row per run. A run
+whose tasks read different media (image, video, audio) names each task's beside it. Runs
 of one config over several seeds (:func:`~contmm.rundir.reading.seed_groups`) are one line on
 top, their mean, in a band of ± one standard deviation.
 Missing cells are gaps in the curves and "–" in the heatmaps, never zeros (blank where
@@ -69,7 +70,7 @@ def draw_curves(ax: Axes, run: RunData) -> None:
             [_value(row[j]) for row in run.matrix],
             marker=MARKERS[j % len(MARKERS)],
             linestyle=DASHES[j % len(DASHES)],
-            label=task,
+            label=run.task_label(task),
         )
         if (trained := run.matrix[j + 1][j]) is not None:
             # A scatter, not a line: ax.lines stays one line per task.
@@ -88,7 +89,7 @@ def draw_curves(ax: Axes, run: RunData) -> None:
     labels = [*(line.get_label() for line in ax.get_lines()), "trained at this stage"]
     # Beside the axes: inside it would hide lines, below it would collide with tilted tick labels.
     ax.legend(handles, labels, title="task", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    set_stage_ticks(ax, run.tasks, first=0, room=CURVES_ROOM)
+    set_stage_ticks(ax, [run.task_label(task) for task in run.tasks], first=0, room=CURVES_ROOM)
     ax.set_xlim(-0.3, len(run.tasks) + 0.3)
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("stage (model after training on)")
@@ -113,7 +114,8 @@ def draw_heatmap(ax: Axes, run: RunData) -> None:
             ax.text(j, i, text, ha="center", va="center", fontsize=10, color="white" if dark else "black")
     for j in range(T):
         ax.add_patch(Rectangle((j - 0.5, j + 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    ax.set_xticks(range(T), run.tasks, **_tilt_if_crowded(run.tasks, HEATMAP_ROOM))
+    labels = [run.task_label(task) for task in run.tasks]
+    ax.set_xticks(range(T), labels, **_tilt_if_crowded(labels, HEATMAP_ROOM))
     ax.set_yticks(range(T + 1), stage_labels(run.tasks, first=0, separator=" "))
     ax.set_xlabel("task evaluated")
     ax.set_ylabel("stage (model after training on)")
@@ -145,7 +147,9 @@ def draw_comparison(ax: Axes, runs: Sequence[RunData]) -> None:
             high = [m + s for m, s in zip(mean, spread)]
             ax.fill_between(stages, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     if all(run.tasks == runs[0].tasks for run in runs):
-        set_stage_ticks(ax, runs[0].tasks, first=1, room=COMPARISON_ROOM)
+        set_stage_ticks(
+            ax, [runs[0].task_label(task) for task in runs[0].tasks], first=1, room=COMPARISON_ROOM
+        )
     else:  # no task names that fit every run: stage numbers only
         ax.set_xticks(range(1, max(len(run.tasks) for run in runs) + 1))
     ax.set_ylim(-0.05, 1.05)

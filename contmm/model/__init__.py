@@ -21,8 +21,9 @@ def build_model(cfg: ModelConfig, texts: Iterable[str]) -> ComponentModel:
         for key in ("config", "pretrained")
         if getattr(getattr(cfg, name), key, None)
     ]
-    if assembled:
-        raise ValueError(f"model.pretrained is a whole checkpoint: leave {', '.join(assembled)} unset")
+    if assembled or cfg.encoders:
+        unset = [*assembled, *(["model.encoders"] if cfg.encoders else [])]
+        raise ValueError(f"model.pretrained is a whole checkpoint: leave {', '.join(unset)} unset")
     if cfg.output_projector is not None or cfg.generator is not None:
         raise ValueError(
             "model.output_projector / model.generator: a whole checkpoint (model.pretrained) does not "

@@ -18,8 +18,8 @@ import re
 
 import torch
 
-from contmm.model.collate import IGNORE_INDEX, is_generation, sample_image
-from contmm.model.media import load_clip, load_waveform
+from contmm.model.collate import IGNORE_INDEX, is_generation, sample_image, sample_sound
+from contmm.model.media import load_clip
 from contmm.model.tokenizer import PLACEHOLDERS
 
 PLACEHOLDER = re.compile("(" + "|".join(map(re.escape, PLACEHOLDERS.values())) + ")")
@@ -75,18 +75,9 @@ class ChatCollator:
         return media
 
     def sound(self, sample: dict):
-        """The sample's sound at the feature extractor's rate; one longer than the extractor's
-        window (Whisper's 30 s) is an error: the extractor would cut the rest off unsaid."""
+        """The sample's sound at the feature extractor's rate, within its window."""
         features = self.processor.feature_extractor
-        waveform = load_waveform(sample["audio"], features.sampling_rate)
-        window = getattr(features, "n_samples", None)
-        if window is not None and len(waveform) > window:
-            raise ValueError(
-                f"sample {sample['id']!r}: the sound {sample['audio']} lasts {len(waveform) / features.sampling_rate:.1f} s, "
-                f"longer than the {window / features.sampling_rate:.1f} s the checkpoint's feature extractor reads "
-                "(it would cut the rest off): cut the sound into clips of at most that length"
-            )
-        return waveform
+        return sample_sound(sample, features.sampling_rate, getattr(features, "n_samples", None))
 
     def encode(self, texts: list[str], media: list[dict], padding_side: str) -> dict:
         # As the processor's own apply_chat_template: each sample's images and videos in a list

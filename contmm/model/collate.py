@@ -14,15 +14,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from PIL import Image
 
 from contmm.model.images import open_rgb, to_rgb
+from contmm.model.media import load_waveform
+from contmm.model.tokenizer import PLACEHOLDERS
 
 if TYPE_CHECKING:
     from contmm.model.components import ComponentModel
 
 IGNORE_INDEX = -100
+# The batch key of each modality's preprocessed media (images keep LLaVA's name).
+MEDIA_INPUTS = {"image": "pixel_values", "video": "video_pixel_values", "audio": "audio_features"}
 
 
 def is_generation(sample: dict) -> bool:
@@ -37,16 +42,30 @@ def sample_image(sample: dict, key: str = "image") -> Image.Image:
     return to_rgb(image) if isinstance(image, Image.Image) else open_rgb(image)
 
 
+def sample_sound(sample: dict, sampling_rate: int, window: int | None) -> np.ndarray:
+    """The sample's sound at ``sampling_rate``; one longer than an encoder's ``window`` of
+    samples (Whisper's 30 s) is an error: the feature extractor would cut the rest off unsaid."""
+    waveform = load_waveform(sample["audio"], sampling_rate)
+    if window is not None and len(waveform) > window:
+        raise ValueError(
+            f"sample {sample['id']!r}: the sound {sample['audio']} lasts {len(waveform) / sampling_rate:.1f} s, "
+            f"longer than the {window / sampling_rate:.1f} s the model's feature extractor reads "
+            "(it would cut the rest off): cut the sound into clips of at most that length"
+        )
+    return waveform
+
+
 class InstructionCollator:
-    """Tokenise prompts (and answers), expand the image placeholder, preprocess images."""
+    """Tokenise prompts (and answers), expand each medium's placeholder into its tokens,
+    preprocess the media (``MMLLM.preprocess_media``; a batch key per modality, ``MEDIA_INPUTS``)."""
 
     def __init__(self, model: ComponentModel, train: bool) -> None:
         self.tokenizer = model.tokenizer
         self.prompt = model.cfg.prompt
-        self.preprocess = model.encoder.preprocess
+        self.preprocess = model.preprocess_media
         self.image_size = model.encoder.image_size
-        self.image_token_id = model.image_token_id
-        self.num_image_tokens = model.num_image_tokens
+        self.placeholder_ids = model.placeholder_ids
+        self.num_tokens = model.num_media_tokens
         self.train = train
         self.generator = model.generator if model.generates else None
         if self.generator is not None:
@@ -55,23 +74,27 @@ class InstructionCollator:
             self.denoising = model.cfg.output_projector.denoising_weight > 0
 
     def _prompt_ids(self, sample: dict) -> list[int]:
+        """The prompt's tokens, each medium's placeholder expanded to the medium's tokens: one
+        placeholder per medium the sample carries, none for those it lacks."""
         text = self.prompt.format(question=sample["question"])
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        expected = 0 if is_generation(sample) else 1
-        if ids.count(self.image_token_id) != expected:
-            must = (
-                "exactly one <image> placeholder"
-                if expected
-                else "no <image> placeholder (it asks for an image)"
-            )
+        carried = [] if is_generation(sample) else [m for m in self.placeholder_ids if m in sample]
+        for modality, token_id in self.placeholder_ids.items():
+            found, expected = ids.count(token_id), int(modality in carried)
+            if found != expected:
+                must = f"exactly one {PLACEHOLDERS[modality]}" if expected else f"no {PLACEHOLDERS[modality]}"
+                why = " (it asks for an image)" if is_generation(sample) else ""
+                raise ValueError(
+                    f"sample {sample['id']!r}: the prompt must hold {must} placeholder{why}, found {found}: {text!r}"
+                )
+        if not carried and not is_generation(sample):
             raise ValueError(
-                f"sample {sample['id']!r}: the prompt must hold {must}, found {ids.count(self.image_token_id)}: {text!r}"
+                f"sample {sample['id']!r}: the prompt must hold exactly one <image> placeholder (or a "
+                f"<video> / <audio> one, with its medium), found none: {text!r}"
             )
-        if expected == 0:
-            return bos + ids
-        at = ids.index(self.image_token_id)
-        return bos + ids[:at] + [self.image_token_id] * self.num_image_tokens + ids[at + 1 :]
+        expanded = {token_id: [token_id] * self.num_tokens[m] for m, token_id in self.placeholder_ids.items()}
+        return bos + [token for token_id in ids for token in expanded.get(token_id, [token_id])]
 
     def _answer_ids(self, answer: str) -> list[int]:
         ids = self.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
@@ -108,9 +131,11 @@ class InstructionCollator:
                 f"sample {samples[drawn[0]]['id']!r} asks for an image (it has a target) but the model "
                 "generates none: give it model.output_projector and model.generator"
             )
-        images = [sample_image(s) for s in samples if not is_generation(s)]
         size = self.image_size
-        batch = {"pixel_values": self.preprocess(images) if images else torch.zeros(0, 3, size, size)}
+        batch = {"pixel_values": torch.zeros(0, 3, size, size)}
+        for modality in self.placeholder_ids:
+            if carrying := [s for s in samples if modality in s and not is_generation(s)]:
+                batch[MEDIA_INPUTS[modality]] = self.preprocess(modality, carrying)
         if self.train:
             sequences, labels = zip(*(self._conversation(s) for s in samples))
             batch.update(self._pad(sequences, left=False))

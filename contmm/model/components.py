@@ -100,9 +100,22 @@ class ComponentModel(nn.Module):
     def load_component_state_dict(self, name: str, state: dict[str, torch.Tensor]) -> None:
         self.components()[name].load_state_dict(state)
 
+    def component_config(self, name: str):
+        """The config section of component ``name`` (its ``freeze`` says whether it is trained)."""
+        return getattr(self.cfg, name)
+
     def configured_trainable(self) -> list[str]:
         """The components the config does not freeze."""
-        return [name for name in self.components() if not getattr(self.cfg, name).freeze]
+        return [name for name in self.components() if not self.component_config(name).freeze]
+
+    def input_projectors(self) -> list[nn.Module]:
+        """Every modality's Input Projector (trained at ``optimizer.projector_lr``)."""
+        return [self.input_projector]
+
+    def component_modalities(self) -> dict[str, set[str]]:
+        """The components that read media, and which: a component whose modalities are all
+        absent from a stage's data is frozen for it (``contmm.model.modalities``)."""
+        return {"encoder": set(self.modalities), "input_projector": set(self.modalities)}
 
     def set_trainable(self, components: Iterable[str]) -> None:
         """Make exactly the named components trainable, and freeze the others."""
@@ -121,15 +134,22 @@ class ComponentModel(nn.Module):
         it is trained: a trainable parameter without a gradient stops DDP at its second step
         ("parameters that were not used in producing the loss") and, in a one-step fit, leaves
         the gradients un-averaged. A vision tower has them: its pooled-output norm, and its
-        layers after the one the projector reads (``encoder_probe``)."""
-        if name != "encoder":
+        layers after the one the projector reads (``encoder_probes``)."""
+        probes = self.encoder_probes()
+        if name not in probes:
             return frozenset()
         if self._unreached is None:
-            self._unreached = unreached(self.encoder, self.encoder_probe)
-        return self._unreached
+            self._unreached = {}
+        if name not in self._unreached:
+            self._unreached[name] = unreached(self.components()[name], probes[name])
+        return self._unreached[name]
+
+    def encoder_probes(self) -> dict[str, Callable[[], object]]:
+        """Per Modality Encoder component, a call giving its features of one blank input."""
+        return {"encoder": self.encoder_probe}
 
     def encoder_probe(self) -> object:
         """The encoder's features of one blank image, as the model reads them (with gradients)."""
         raise NotImplementedError
 
-    _unreached: frozenset[int] | None = None
+    _unreached: dict[str, frozenset[int]] | None = None

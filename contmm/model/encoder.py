@@ -23,6 +23,9 @@ class EncoderConfig:
         drop_cls: drop the first (CLS) token, as LLaVA does; false for towers without one.
         freeze: keep the tower's weights fixed during instruction tuning.
         trust_remote_code: allow a hub repository's own code (off unless set explicitly).
+        feature_extractor: an audio encoder's only (``model.encoders.audio.encoder``):
+            keyword arguments of the Whisper feature extractor built for a random-init tower
+            (``sampling_rate``, ``chunk_length``, ``hop_length``, ``n_fft``).
     """
 
     config: dict | None = None
@@ -31,12 +34,17 @@ class EncoderConfig:
     drop_cls: bool = True
     freeze: bool = True
     trust_remote_code: bool = False
+    feature_extractor: dict | None = None
 
 
 class ModalityEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        if cfg.feature_extractor is not None:
+            raise ValueError(
+                "model.encoder.feature_extractor: an image encoder has none (it is an audio encoder's)"
+            )
         if cfg.pretrained:
             check_model_dir(cfg.pretrained, "model.encoder.pretrained")
             with loader_errors("model.encoder.pretrained", cfg.pretrained):

@@ -13,6 +13,10 @@ a WebM file.
 Audio is transformers' own ``load_audio`` with its soundfile backend: decoded with
 soundfile (wav, flac, mp3, ogg), down-mixed to mono by averaging, resampled with soxr to the
 rate asked (a checkpoint's feature extractor's), never left at another rate.
+
+A stream that renders its media in memory (the synthetic audio-video stream) gives a
+:class:`Clip` (frames and their rate) or a :class:`Waveform` (samples and their rate) instead
+of a path; they are read as files are, a waveform resampled with soxr as well.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import soxr
 from transformers.audio_utils import load_audio
 from transformers.video_utils import VideoMetadata
 
@@ -49,6 +54,30 @@ class Video:
         if self.fps is not None:
             return {"do_sample_frames": True, "fps": self.fps}
         return {}
+
+
+@dataclass(frozen=True, eq=False)
+class Clip:
+    """A clip rendered in memory: ``frames`` (frames, height, width, 3) uint8, ``fps`` per second."""
+
+    frames: np.ndarray
+    fps: float
+
+
+@dataclass(frozen=True, eq=False)
+class Waveform:
+    """A sound rendered in memory: mono float32 ``samples`` at ``sampling_rate``."""
+
+    samples: np.ndarray
+    sampling_rate: int
+
+
+def evenly_spaced(total: int, count: int) -> list[int]:
+    """``count`` frame indices spread evenly over ``total`` frames, first and last included
+    (the assembled model's sampling; a whole checkpoint's processor samples its own way)."""
+    if count > total:
+        raise ValueError(f"{count} frames asked of a clip of {total}")
+    return np.linspace(0, total - 1, count).round().astype(int).tolist()
 
 
 def frame_files(directory: Path) -> list[Path]:
@@ -99,14 +128,26 @@ def decode_clip(path: Path, indices: list[int] | None = None) -> np.ndarray:
     return np.stack(frames)
 
 
-def load_clip(video: Video) -> tuple[np.ndarray, VideoMetadata]:
+def load_clip(video: Video | Clip) -> tuple[np.ndarray, VideoMetadata]:
     """The whole clip decoded, with its metadata (what a processor samples from)."""
+    if isinstance(video, Clip):
+        count = len(video.frames)
+        metadata = VideoMetadata(total_num_frames=count, fps=video.fps, duration=count / video.fps)
+        metadata.frames_indices = np.arange(count)
+        return video.frames, metadata
     metadata = clip_metadata(video.path)
     frames = decode_clip(video.path)
     metadata.frames_indices = np.arange(len(frames))
     return frames, metadata
 
 
-def load_waveform(path: Path, sampling_rate: int) -> np.ndarray:
-    """The sound at ``path``, mono float32 at ``sampling_rate`` (see the module's docstring)."""
-    return load_audio(str(path), sampling_rate=sampling_rate, backend="soundfile")
+def load_waveform(sound: Path | Waveform, sampling_rate: int) -> np.ndarray:
+    """The sound (a file or a :class:`Waveform`), mono float32 at ``sampling_rate`` (see the
+    module's docstring)."""
+    if isinstance(sound, Waveform):
+        if sound.sampling_rate == sampling_rate:
+            return sound.samples
+        # soxr_hq: the quality transformers' loader resamples a file with.
+        resampled = soxr.resample(sound.samples, sound.sampling_rate, sampling_rate, quality="soxr_hq")
+        return np.ascontiguousarray(resampled, dtype=np.float32)
+    return load_audio(str(sound), sampling_rate=sampling_rate, backend="soundfile")

@@ -1,11 +1,13 @@
 """MMLLM: the multimodal LLM, composed of its components by their survey names.
 
-Understanding path (arXiv 2401.13601): Modality Encoder -> Input Projector -> LLM Backbone.
-The projected image features replace the ``<image>`` placeholder tokens in the backbone's
-``inputs_embeds`` (LLaVA style; the collator expands one placeholder into
-``num_image_tokens`` copies). Generating path, where the config has it: LLM Backbone (its
-signal tokens' hidden states) -> Output Projector -> Modality Generator
-(``contmm/model/generating.py``).
+Understanding path (arXiv 2401.13601): Modality Encoder -> Input Projector -> LLM Backbone,
+per modality. The projected image features replace the ``<image>`` placeholder tokens in the
+backbone's ``inputs_embeds`` (LLaVA style; the collator expands one placeholder into
+``num_image_tokens`` copies); a model with ``model.encoders`` does the same with ``<video>``
+(the image encoder over sampled frames, pooled in time: ``contmm/model/video_frames.py``) and
+``<audio>`` (an audio encoder: ``contmm/model/audio_encoder.py``), each through a projector
+of its own. Generating path, where the config has it: LLM Backbone (its signal tokens'
+hidden states) -> Output Projector -> Modality Generator (``contmm/model/generating.py``).
 """
 
 from __future__ import annotations
@@ -20,15 +22,43 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from contmm.model.audio_encoder import AudioEncoder
 from contmm.model.backbone import BackboneConfig, LLMBackbone, load_tokenizer
-from contmm.model.collate import InstructionCollator
+from contmm.model.collate import MEDIA_INPUTS, InstructionCollator, sample_image, sample_sound
 from contmm.model.components import COMPONENTS, GENERATING, ComponentModel
 from contmm.model.encoder import EncoderConfig, ModalityEncoder
 from contmm.model.generating import generate_images, generation_loss
 from contmm.model.generator import GeneratorConfig, ModalityGenerator, to_images
 from contmm.model.output_projector import OutputProjectorConfig, build_output_projector, signal_tokens
 from contmm.model.projector import ProjectorConfig, build_projector
-from contmm.model.tokenizer import IMAGE_TOKEN, build_word_tokenizer
+from contmm.model.tokenizer import PLACEHOLDERS, build_word_tokenizer
+from contmm.model.video_frames import VideoProjector, sampled_frames, temporal_pool
+
+# The components each extra modality adds (images: ``encoder`` and ``input_projector``; video
+# frames are read by ``encoder`` too).
+MODALITY_COMPONENTS = {"video": ("video_projector",), "audio": ("audio_encoder", "audio_projector")}
+
+
+@dataclass
+class ModalityConfig:
+    """The Modality Encoder and Input Projector of video or sound (``model.encoders.<modality>``).
+
+    Args:
+        encoder: sound's: a Whisper-style transformers audio encoder (``config`` with
+            ``model_type: whisper`` or ``qwen2_audio_encoder`` and ``feature_extractor``, or
+            ``pretrained``); video's: unset (its frames are read by ``model.encoder``).
+        input_projector: the modality's own projector to the LLM's embeddings.
+        num_frames: video only: frames sampled evenly from each clip (a stream's
+            ``num_frames`` wins where it sets one).
+        pooled_frames: video only: the frames' features are averaged in time into this many
+            groups, in order, each with a learned embedding of its place; a clip is
+            ``pooled_frames`` times an image's tokens.
+    """
+
+    encoder: EncoderConfig | None = None
+    input_projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    num_frames: int = 8
+    pooled_frames: int = 4
 
 
 @dataclass
@@ -42,8 +72,12 @@ class ModelConfig:
         output_projector: the Output Projector from the LLM's signal-token states to the
             generator's conditioning (set it and ``generator`` for a model that draws).
         generator: the Modality Generator (a diffusers model).
+        encoders: the assembled model's encoders of other media, by modality (``video``,
+            ``audio``); ``encoder`` and ``input_projector`` are the image's. A sample with a
+            medium the model has no encoder for is refused before training.
         prompt: the instruction template of an assembled model; ``{question}`` holds the
-            ``<image>`` placeholder (a whole checkpoint uses its own chat template).
+            media's placeholders (``<image>``, ``<video>``, ``<audio>``; a whole checkpoint uses
+            its own chat template).
         pretrained: a whole image-text-to-text checkpoint (hub id or directory: LLaVA,
             Qwen2-VL, Qwen2.5-VL); the components then only say what is frozen (their
             ``config`` / ``pretrained`` stay unset).
@@ -64,6 +98,7 @@ class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     output_projector: OutputProjectorConfig | None = None
     generator: GeneratorConfig | None = None
+    encoders: dict[str, ModalityConfig] = field(default_factory=dict)
     prompt: str = "USER: {question} ASSISTANT:"
     pretrained: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -95,7 +130,7 @@ class MMLLM(ComponentModel):
         self.input_projector = build_projector(
             cfg.input_projector, self.encoder.hidden_size, self.backbone.hidden_size
         )
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self._build_media_encoders(cfg.encoders)
         if (cfg.output_projector is None) != (cfg.generator is None):
             raise ValueError("model.output_projector and model.generator come together: set both or neither")
         self.generates = cfg.generator is not None
@@ -118,30 +153,130 @@ class MMLLM(ComponentModel):
             if tokenizer.unk_token_id in self.signal_token_ids:
                 raise ValueError("the tokenizer lacks the signal tokens <gen_0>…: build it with MMLLM.build")
         with torch.no_grad():
-            probe = torch.zeros(1, 3, self.encoder.image_size, self.encoder.image_size)
-            self.num_image_tokens = self.project_images(probe).shape[1]
+            self.num_media_tokens = {m: self.project(m, self.blank(m)).shape[1] for m in self.modalities}
+        self.num_image_tokens = self.num_media_tokens["image"]
+
+    def _build_media_encoders(self, encoders: dict[str, ModalityConfig]) -> None:
+        """The video and audio components ``model.encoders`` asks for."""
+        if unknown := sorted(set(encoders) - set(MODALITY_COMPONENTS)):
+            raise ValueError(
+                f"model.encoders: {unknown}: the assembled model reads {', '.join(MODALITY_COMPONENTS)} "
+                "besides images (model.encoder)"
+            )
+        width = self.backbone.hidden_size
+        if video := encoders.get("video"):
+            if video.encoder is not None:
+                raise ValueError(
+                    "model.encoders.video.encoder: video frames are read by model.encoder; leave it unset"
+                )
+            if not 1 <= video.pooled_frames <= video.num_frames:
+                raise ValueError(
+                    f"model.encoders.video: pooled_frames ({video.pooled_frames}) must be between 1 "
+                    f"and num_frames ({video.num_frames})"
+                )
+            self.video_projector = VideoProjector(
+                build_projector(video.input_projector, self.encoder.hidden_size, width),
+                video.pooled_frames,
+                self.encoder.hidden_size,
+            )
+        if audio := encoders.get("audio"):
+            if (audio.num_frames, audio.pooled_frames) != (
+                ModalityConfig.num_frames,
+                ModalityConfig.pooled_frames,
+            ):
+                raise ValueError("model.encoders.audio: num_frames and pooled_frames are video settings")
+            if audio.encoder is None:
+                raise ValueError(
+                    "model.encoders.audio.encoder: sound needs an audio encoder (config or pretrained)"
+                )
+            self.audio_encoder = AudioEncoder(audio.encoder)
+            self.audio_projector = build_projector(
+                audio.input_projector, self.audio_encoder.hidden_size, width
+            )
+        self.modalities = tuple(m for m in PLACEHOLDERS if m == "image" or m in encoders)
+        self.placeholder_ids = {
+            m: self.tokenizer.convert_tokens_to_ids(PLACEHOLDERS[m]) for m in self.modalities
+        }
+        self.image_token_id = self.placeholder_ids["image"]
 
     @classmethod
     def build(cls, cfg: ModelConfig, texts: Iterable[str]) -> MMLLM:
         """The pretrained backbone's tokenizer, or a word-level one built from ``texts``."""
         signal = signal_tokens(cfg.output_projector.num_signal_tokens) if cfg.output_projector else []
+        # The placeholders of the extra media the model reads (the image's is always there).
+        placeholders = [PLACEHOLDERS[m] for m in PLACEHOLDERS if m in cfg.encoders]
         if cfg.backbone.pretrained:
             tokenizer = load_tokenizer(cfg.backbone)
             tokenizer.add_special_tokens(
-                {"additional_special_tokens": signal}, replace_extra_special_tokens=False
+                {"additional_special_tokens": [*placeholders, *signal]}, replace_extra_special_tokens=False
             )
         else:
-            tokenizer = build_word_tokenizer([cfg.prompt, *texts], signal)
+            tokenizer = build_word_tokenizer([cfg.prompt, *texts], [*signal, *placeholders])
         return cls(cfg, tokenizer)
 
     def components(self) -> dict[str, nn.Module]:
-        return {name: getattr(self, name) for name in (*COMPONENTS, *(GENERATING if self.generates else ()))}
+        media = [name for m in self.modalities[1:] for name in MODALITY_COMPONENTS[m]]
+        return {
+            name: getattr(self, name)
+            for name in (*COMPONENTS, *media, *(GENERATING if self.generates else ()))
+        }
+
+    def component_config(self, name: str):
+        modality, _, part = name.partition("_")
+        if modality in MODALITY_COMPONENTS and part:
+            section = self.cfg.encoders[modality]
+            return section.encoder if part == "encoder" else section.input_projector
+        return getattr(self.cfg, name)
+
+    def input_projectors(self) -> list[nn.Module]:
+        return [self.input_projector, *(getattr(self, f"{m}_projector") for m in self.modalities[1:])]
+
+    def component_modalities(self) -> dict[str, set[str]]:
+        readers = {"encoder": {"image", "video"} if "video" in self.modalities else {"image"}}
+        readers["input_projector"] = {"image"}
+        return readers | {name: {m} for m in self.modalities[1:] for name in MODALITY_COMPONENTS[m]}
 
     def collator(self, train: bool) -> InstructionCollator:
         return InstructionCollator(self, train)
 
     def encoder_probe(self) -> torch.Tensor:
-        return self.encoder(torch.zeros(1, 3, self.encoder.image_size, self.encoder.image_size))
+        return self.encoder(self.blank("image"))
+
+    def encoder_probes(self) -> dict:
+        probes = super().encoder_probes()
+        if "audio" in self.modalities:
+            probes["audio_encoder"] = lambda: self.audio_encoder(self.blank("audio"))
+        return probes
+
+    def blank(self, modality: str) -> torch.Tensor:
+        """The preprocessed input of one blank medium (a probe of the model's shapes)."""
+        size = self.encoder.image_size
+        if modality == "audio":
+            return self.audio_encoder.blank()
+        if modality == "video":
+            return torch.zeros(1, self.cfg.encoders["video"].num_frames, 3, size, size)
+        return torch.zeros(1, 3, size, size)
+
+    def preprocess_media(self, modality: str, samples: list[dict]) -> torch.Tensor:
+        """The batch input of ``modality`` for the samples that carry it: images (samples, 3,
+        size, size), clips (samples, frames, 3, size, size), sounds' log-mel features."""
+        if modality == "image":
+            return self.encoder.preprocess([sample_image(s) for s in samples])
+        if modality == "video":
+            frames = self.cfg.encoders["video"].num_frames
+            return torch.stack([self.encoder.preprocess(sampled_frames(s["video"], frames)) for s in samples])
+        audio = self.audio_encoder
+        return audio.preprocess([sample_sound(s, audio.sampling_rate, audio.window) for s in samples])
+
+    def project(self, modality: str, inputs: torch.Tensor) -> torch.Tensor:
+        """A batch of one modality's preprocessed media -> its token embeddings."""
+        if modality == "image":
+            return self.project_images(inputs)
+        if modality == "video":
+            videos, frames = inputs.shape[:2]
+            features = self.encoder(inputs.flatten(0, 1)).unflatten(0, (videos, frames))
+            return self.video_projector(temporal_pool(features, self.cfg.encoders["video"].pooled_frames))
+        return self.audio_projector(self.audio_encoder(inputs))
 
     def set_input_projector(self, projector: nn.Module) -> None:
         self.input_projector = projector
@@ -152,19 +287,50 @@ class MMLLM(ComponentModel):
     def project_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.input_projector(self.encoder(pixel_values))
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Text embeddings with the image placeholders replaced by projected image features."""
+    def embed(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, **media: torch.Tensor
+    ) -> torch.Tensor:
+        """Text embeddings with each medium's placeholders replaced by its projected features
+        (``media``: the other modalities' batch inputs, by ``MEDIA_INPUTS`` key)."""
         embeds = self.backbone.lm.get_input_embeddings()(input_ids)
-        placeholders = input_ids == self.image_token_id
-        if len(pixel_values) == 0 and not placeholders.any():  # text only: generation prompts
-            return embeds
-        image_embeds = self.project_images(pixel_values).to(embeds.dtype)
-        if int(placeholders.sum()) != image_embeds.shape[0] * image_embeds.shape[1]:
-            raise ValueError(
-                f"{int(placeholders.sum())} image placeholder tokens for {image_embeds.shape[0]} "
-                f"images of {image_embeds.shape[1]} tokens each"
-            )
-        return embeds.masked_scatter(placeholders.unsqueeze(-1), image_embeds)
+        for modality, token_id in self.placeholder_ids.items():
+            inputs = pixel_values if modality == "image" else media.get(MEDIA_INPUTS[modality])
+            placeholders = input_ids == token_id
+            if (inputs is None or len(inputs) == 0) and not placeholders.any():  # none in this batch
+                continue
+            if inputs is None:
+                raise ValueError(
+                    f"{int(placeholders.sum())} {modality} placeholder tokens and no {modality} input"
+                )
+            projected = self.project(modality, inputs).to(embeds.dtype)
+            if int(placeholders.sum()) != projected.shape[0] * projected.shape[1]:
+                raise ValueError(
+                    f"{int(placeholders.sum())} {modality} placeholder tokens for {projected.shape[0]} "
+                    f"{modality} inputs of {projected.shape[1]} tokens each"
+                )
+            embeds = embeds.masked_scatter(placeholders.unsqueeze(-1), projected)
+        return embeds
+
+    def absent_media_term(
+        self, media: dict[str, torch.Tensor], pixel_values: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Zero times the trainable weights of the media components this batch does not use:
+        under DDP every trainable weight must get a gradient in every step, and a stage that
+        mixes media (a replayed sound among clips) has batches without some of them. The
+        gradients are zeros, on one device as on several."""
+        present = {
+            m
+            for m in self.modalities
+            if len(pixel_values if m == "image" else media.get(MEDIA_INPUTS[m], ()))
+        }
+        unused = [
+            p
+            for name, readers in self.component_modalities().items()
+            if not readers & present
+            for p in self.components()[name].parameters()
+            if p.requires_grad
+        ]
+        return sum(p.sum() for p in unused) * 0.0 if unused and len(self.modalities) > 1 else None
 
     def forward(
         self,
@@ -172,12 +338,15 @@ class MMLLM(ComponentModel):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
-        **generation: torch.Tensor,
+        **inputs: torch.Tensor,
     ) -> CausalLMOutputWithPast:
         """The LM loss on the answers; with a batch's generation samples (``generation_rows``,
-        ``caption_ids``, ``target_pixels``), plus their Output Projector objectives."""
+        ``caption_ids``, ``target_pixels``), plus their Output Projector objectives. ``inputs``:
+        the other media's batch inputs, and the generation samples' fields."""
+        media = {key: inputs.pop(key) for key in list(inputs) if key in MEDIA_INPUTS.values()}
+        generation = inputs
         outputs = self.backbone.lm(
-            inputs_embeds=self.embed(input_ids, pixel_values),
+            inputs_embeds=self.embed(input_ids, pixel_values, **media),
             attention_mask=attention_mask,
             labels=labels,
             output_hidden_states=bool(generation),
@@ -187,6 +356,8 @@ class MMLLM(ComponentModel):
                 self, outputs.hidden_states[-1], input_ids, **generation
             )
             outputs.hidden_states = None  # every layer's states: not kept past this point
+        if labels is not None and (unused := self.absent_media_term(media, pixel_values)) is not None:
+            outputs.loss = outputs.loss + unused
         return outputs
 
     @torch.no_grad()
@@ -195,8 +366,9 @@ class MMLLM(ComponentModel):
         A batch with ``adapter_names`` (one per row, put there by a routing strategy) is
         decoded with each row's own peft adapter (peft's mixed-adapter batches)."""
         routed = {"adapter_names": batch["adapter_names"]} if "adapter_names" in batch else {}
+        media = {key: batch[key] for key in MEDIA_INPUTS.values() if key in batch and key != "pixel_values"}
         return self.backbone.lm.generate(
-            inputs_embeds=self.embed(batch["input_ids"], batch["pixel_values"]),
+            inputs_embeds=self.embed(batch["input_ids"], batch["pixel_values"], **media),
             attention_mask=batch["attention_mask"],
             max_new_tokens=max_new_tokens,
             do_sample=False,

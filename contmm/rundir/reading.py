@@ -41,6 +41,14 @@ class RunData:
     seed: int | None = None
     # Held-out tasks (eval.held_out): never trained, scored after every stage, not in R.
     held_out: dict[str, list[float | None]] = field(default_factory=dict)
+    # Each task's media (``image``, ``video``, ``audio``), where results.json says (newer runs).
+    task_media: dict[str, list[str]] = field(default_factory=dict)
+
+    def task_label(self, task: str) -> str:
+        """The task's name, with its media where the run's tasks read more than one kind."""
+        kinds = {tuple(media) for media in self.task_media.values()}
+        media = self.task_media.get(task)
+        return f"{task} ({'+'.join(media)})" if len(kinds) > 1 and media else task
 
     def single_task_scores(self, tasks: Sequence[str], user: str) -> list[float | None]:
         """This run's diagonal R[j+1][j], as the single-task reference S_j of ``user``, whose
@@ -89,7 +97,8 @@ def _from_results(path: Path) -> RunData:
     config = results.get("config")
     setting = _setting(config if isinstance(config, dict) else _read_config(path))
     held_out = _held_out(file, results.get("held_out", {}).get("scores", {}), len(matrix))
-    return RunData(path, path.name, str(strategy), tasks, matrix, mode, *setting, held_out)
+    media = results.get("task_media", {})
+    return RunData(path, path.name, str(strategy), tasks, matrix, mode, *setting, held_out, media)
 
 
 def _from_csv(path: Path) -> RunData:

@@ -19,7 +19,7 @@ class OptimizerConfig:
 
     Args:
         lr: learning rate of the encoder and backbone (and of adapters on them).
-        projector_lr: learning rate of the input projector (defaults to ``lr``).
+        projector_lr: learning rate of the input projectors, every modality's (defaults to ``lr``).
         weight_decay: AdamW weight decay.
         warmup_ratio: fraction of the stage's steps spent warming up.
     """
@@ -36,7 +36,7 @@ class OptimizerConfig:
 
 def build_optimizer(model: ComponentModel, cfg: OptimizerConfig, total_steps: int):
     """AdamW over the parameters trainable now (projector at its own rate) and its schedule."""
-    projector = {id(p) for p in model.input_projector.parameters()}
+    projector = {id(p) for module in model.input_projectors() for p in module.parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("nothing is trainable in this stage: check the components' `freeze` settings")

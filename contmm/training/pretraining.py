@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from contmm.checks import check_at_least, check_positive
+from contmm.model.modalities import freeze_absent_modalities
 from contmm.stream import TaskStream
 from contmm.training.module import ContinualModule
 from contmm.training.trainers import StageTrainers
@@ -50,6 +51,7 @@ def pretrain(
             "set pretrain.max_epochs to 0 or give the stream one"
         )
     module.model.set_trainable(cfg.trainable)
+    freeze_absent_modalities(module.model, stream.pretrain_task.train)
     tuning = module.optimizer_cfg
     if cfg.lr:
         module.optimizer_cfg = replace(tuning, lr=cfg.lr, projector_lr=None)

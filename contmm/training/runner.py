@@ -15,7 +15,12 @@ import lightning as L
 from contmm.analysis.generation_grid import write_generation_grid
 from contmm.checks import check_seed
 from contmm.model import ModelConfig, build_model
-from contmm.model.modalities import check_modalities
+from contmm.model.modalities import (
+    check_modalities,
+    freeze_absent_modalities,
+    modalities_in,
+    stream_modalities,
+)
 from contmm.rundir.checkpoint import (
     Checkpoint,
     CheckpointConfig,
@@ -96,6 +101,7 @@ class ContinualRun:
         self.trainers = StageTrainers(trainer or {}, self.directory)
         self.strategies = Strategies(strategies)
         check_can_shard(self.trainers.settings.get("strategy"), self.strategies, model.quantization)
+        self.strategies.check_media(stream_modalities(stream))
         self.model = build_model(model, stream.texts())
         # Every task whose data the run reads: split_held_out below takes held-out ones out of
         # ``stream.tasks``, not out of this (shallow) copy.
@@ -108,6 +114,8 @@ class ContinualRun:
         self.module = ContinualModule(self.model, self.strategies, optimizer, eval, len(evaluated))
         check_drawing(evaluated, self.model, eval.clip_model)
         check_modalities([*evaluated, *([stream.pretrain_task] if stream.pretrain_task else [])], self.model)
+        # Each task's media (of its test samples), kept with the results: plots mark them.
+        self.task_media = {task.name: sorted(modalities_in(task.test)) for task in evaluated}
         if any(task.scorer == "clip_score" for task in evaluated):
             self.module.clip_scorer()  # loaded now: a wrong eval.clip_model stops the run before training
         self.record = RunRecord(
@@ -173,6 +181,8 @@ class ContinualRun:
             status(f"{self.directory.path}: stage {stage} goes on from {last}")
         trainer = self.trainers(f"stage_{stage}", in_progress=in_progress_dir(self.directory.path, stage))
         train = self.strategies.train_data(task_id, self.stream.tasks[task_id].train)
+        if frozen := freeze_absent_modalities(self.model, train):
+            status(f"stage {stage}: {', '.join(frozen)} not trained (no sample of this stage reads them)")
         trainer.fit(self.module, datamodule=self.stage_data(train), ckpt_path=last, weights_only=True)
         return trainer
 
@@ -239,6 +249,7 @@ class ContinualRun:
             "strategies": self.strategies.name,
             "stages_completed": stages_completed,
             "matrix_mode": self.module.evaluation.matrix,
+            "task_media": self.task_media,
             **self.record.results(),
             "config": self.config["dict"],
             "env": environment(trainer, self.data.batch_size),
