@@ -68,8 +68,8 @@ class Strategy:
     # to False, and is refused there.
     runs_sharded = True
     # The media whose samples the strategy can handle; None: any. One that routes a sample by
-    # its image's features (routed LoRA, projector expansion) names ("image",), and a stream
-    # with clips or sounds is refused for it before the model is built.
+    # its image's features (routed LoRA with image keys) names ("image",), and a stream with
+    # clips or sounds is refused for it before the model is built.
     media: tuple[str, ...] | None = None
 
     def setup(self, model: ComponentModel, stream: TaskStream) -> None:
@@ -137,8 +137,7 @@ class Strategies(Strategy):
             if s.media is not None and (unread := sorted(media - set(s.media))):
                 raise ValueError(
                     f"strategy {s.name} handles samples with {', '.join(s.media)} only (it routes each "
-                    f"sample by its image's features or expands the image's projector), but the stream "
-                    f"has samples with {', '.join(unread)}"
+                    f"sample by its image's features), but the stream has samples with {', '.join(unread)}"
                 )
 
     def setup(self, model, stream):

@@ -10,7 +10,10 @@ task id is needed; ``oracle: true`` uses the task id instead.
 A model that draws (any-to-any) gets a projector *pair* per task: the Output Projector is
 expanded the same way and a sample's route picks both. A generation prompt has no image,
 so it is routed by its instruction alone, and a generation task's image key is zero (it
-adds nothing to any sample's similarity).
+adds nothing to any sample's similarity). A model that reads clips and sounds
+(``model.encoders``) gets a projector per task *and* modality: its video and audio
+projectors are expanded too, and a clip or sound is routed by its sample's instruction
+(the keys are the image's and the words'; EProj has no key of other media).
 
 The keys and the similarity are ``strategies/routing.py``'s (shared with routed LoRA): computed
 in closed form in one pass over the task's data; the encoder and the backbone's embeddings
@@ -108,10 +111,6 @@ class ProjectorExpansion(Strategy):
         key_batches: training batches (per rank) the task's keys are computed from; None: all.
     """
 
-    # A projector per task of the image's projector: a clip or a sound would go through
-    # projectors of its own, not expanded yet.
-    media = ("image",)
-
     def __init__(
         self, oracle: bool = False, image_weight: float = 1.0, key_batches: int | None = None
     ) -> None:
@@ -126,25 +125,34 @@ class ProjectorExpansion(Strategy):
                 "its own (a Qwen-VL patch merger reads all images of a batch as one sequence, "
                 "InternVL's projector reads the tiles an image is cut into)"
             )
-        for name in (
-            "input_projector",
-            *(["output_projector"] if model.generates else []),
-        ):
-            if getattr(model.cfg, name).freeze:
+        media = [f"{m}_projector" for m in getattr(model, "placeholder_ids", {}) if m != "image"]
+        for name in ("input_projector", *(["output_projector"] if model.generates else []), *media):
+            if model.component_config(name).freeze:
+                key = f"encoders.{name.split('_')[0]}.input_projector" if name in media else name
                 raise ValueError(
                     f"ProjectorExpansion trains one {name.replace('_', ' ')} per task: set "
-                    f"`model.{name}.freeze: false`"
+                    f"`model.{key}.freeze: false`"
                 )
         self.accuracy = RoutingAccuracy(stream.task_names)
         model.set_input_projector(ExpandedProjector(model.input_projector, self.image_weight))
         if model.generates:
             model.output_projector = ProjectorCopies(model.output_projector)
+        for name in media:
+            setattr(model, name, ProjectorCopies(getattr(model, name)))
+
+    def media_copies(self, model) -> dict[str, ProjectorCopies]:
+        """The expanded projectors of clips and sounds, by modality."""
+        return {
+            m: getattr(model, f"{m}_projector") for m in getattr(model, "placeholder_ids", {}) if m != "image"
+        }
 
     def copies(self, model) -> list[ProjectorCopies]:
-        """The expanded projectors: the input one, and the output one of a model that draws."""
+        """The expanded projectors: the input one, the output one of a model that draws, and
+        those of clips and sounds."""
         return [
             model.input_projector,
             *([model.output_projector] if model.generates else []),
+            *self.media_copies(model).values(),
         ]
 
     def before_task(self, model, task_id) -> None:
@@ -180,11 +188,16 @@ class ProjectorExpansion(Strategy):
                     c.active = a
             return
         instruction = instruction_features(model, batch)
-        expanded.instruction, expanded.last_route = instruction, None
-        # The Output Projector's route: a generation prompt has no image, only its words.
+        # The image projector's rows are the samples with an image.
+        expanded.instruction = instruction[(batch["input_ids"] == model.image_token_id).any(1)]
+        expanded.last_route = None
+        # The Output Projector's route: a generation prompt has no image, only its words; a
+        # clip's or a sound's projector gets the route of the rows that carry one, in order.
         words_route = expanded.similarity(instruction).argmax(1)
-        if len(copies) > 1:
-            copies[1].route = words_route
+        if model.generates:
+            model.output_projector.route = words_route
+        for modality, media_copies in self.media_copies(model).items():
+            media_copies.route = words_route[(batch["input_ids"] == model.placeholder_ids[modality]).any(1)]
         try:
             yield
         finally:

@@ -20,7 +20,7 @@ from contmm.strategy import Strategies
 from strategies.projector_expansion import ProjectorExpansion
 from strategies.routed_lora import RoutedLoRA
 from streams.synthetic_av import SyntheticAV
-from tests.helpers import tiny_config
+from tests.helpers import start, tiny_config, train_loader
 
 TINY_WHISPER = {
     "model_type": "whisper",
@@ -170,13 +170,31 @@ def test_a_batch_without_a_medium_gives_its_trainable_components_zero_gradients(
     assert media and torch.equal(loss.detach(), plain)
 
 
-def test_strategies_routing_by_images_are_refused_for_a_stream_with_other_media(av_stream):
+def test_routed_lora_with_image_keys_is_refused_for_a_stream_with_other_media(av_stream):
     media = stream_modalities(av_stream)
     assert media == {"image", "audio", "video"}
-    for strategy in (ProjectorExpansion(), RoutedLoRA(image_weight=1.0)):
-        with pytest.raises(ValueError, match=f"strategy {strategy.name} handles samples with image only"):
-            Strategies([strategy]).check_media(media)
-    Strategies([RoutedLoRA(image_weight=0.0)]).check_media(media)  # routes by the instruction alone
+    with pytest.raises(ValueError, match="strategy RoutedLoRA handles samples with image only"):
+        Strategies([RoutedLoRA(image_weight=1.0)]).check_media(media)
+    Strategies([RoutedLoRA(image_weight=0.0), ProjectorExpansion()]).check_media(media)
+
+
+def test_projector_expansion_gives_each_medium_a_projector_per_task_routed_by_the_instruction(
+    av_stream, av_model
+):
+    strategy = ProjectorExpansion(image_weight=0.0)
+    strategy.setup(av_model, av_stream)
+    for task_id, task in enumerate(av_stream.tasks):
+        start(av_model, strategy, task_id)
+        strategy.after_task(av_model, task_id, train_loader(av_model, task, size=8))
+    for name in ("input_projector", "video_projector", "audio_projector"):
+        assert len(getattr(av_model, name).projectors) == 3
+    sounds = av_model.collator(train=False)([av_stream.tasks[1].test[i] for i in range(4)])
+    with torch.no_grad(), strategy.eval_context(av_model, 1, sounds):
+        routed = av_model.project("audio", sounds["audio_features"])
+        assert av_model.audio_projector.route.tolist() == [1, 1, 1, 1]
+    own = av_model.audio_projector.projectors[1](av_model.audio_encoder(sounds["audio_features"]))
+    assert torch.equal(routed, own)
+    assert strategy.evaluation_report(av_model)["routing_accuracy"]["pitch"] == 1.0
 
 
 def test_the_synthetic_sounds_and_clips_hold_what_their_answers_say():

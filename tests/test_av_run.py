@@ -1,8 +1,8 @@
 """`contmm fit` on the synthetic image -> sound -> clip stream (experiments/seq_av.yaml, shrunk):
 a modality's components are first trained at the stage that first carries it and left as
 they were in stages without it; replay with EWC runs under two-process DDP on the mixed stream
-(batches with and without a replayed medium), and so does an adapter per task routed by the
-instruction."""
+(batches with and without a replayed medium), and so do a projector per task and modality
+with an adapter per task, both routed by the instruction."""
 
 from __future__ import annotations
 
@@ -62,9 +62,12 @@ def test_each_medium_s_components_are_first_trained_at_its_first_stage(tmp_path)
             '[{"class_path": "strategies.replay.Replay", "init_args": {"memory_size": 8}}, '
             '{"class_path": "strategies.ewc.EWC"}]'
         ),
-        '[{"class_path": "strategies.routed_lora.RoutedLoRA", "init_args": {"r": 4}}]',
+        (
+            '[{"class_path": "strategies.projector_expansion.ProjectorExpansion", "init_args": {"image_weight": 0}}, '
+            '{"class_path": "strategies.routed_lora.RoutedLoRA", "init_args": {"r": 4}}]'
+        ),
     ],
-    ids=["replay+ewc", "routed_lora"],
+    ids=["replay+ewc", "projector_expansion+routed_lora"],
 )
 def test_strategies_run_on_the_mixed_stream_under_two_process_ddp(tmp_path, strategies):
     out = tmp_path / "run"
@@ -76,3 +79,5 @@ def test_strategies_run_on_the_mixed_stream_under_two_process_ddp(tmp_path, stra
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["env"]["world_size"] == 2 and results["stages_completed"] == 3
+    for report in results["strategy_reports"][-1].values():  # every medium's task was routed
+        assert set(report["routing_accuracy"]) == {"colour", "pitch", "appear"}

@@ -119,7 +119,7 @@ def test_a_sound_longer_than_the_feature_extractors_window_is_an_error_not_cut(
     (sample,) = as_modality(image_samples[:1], "audio", tmp_path)
     sample["audio"] = write_tone(tmp_path / "long.wav", seconds=2.5)
     with pytest.raises(
-        ValueError, match=r"lasts 2\.5 s, longer than the 2\.0 s the checkpoint's feature extractor"
+        ValueError, match=r"lasts 2\.5 s, longer than the 2\.0 s the model's feature extractor"
     ):
         model.collator(train=True)([sample])
     sample["audio"] = write_tone(tmp_path / "whole.wav", seconds=2.0)  # exactly the window: read whole

@@ -101,7 +101,8 @@ class ContinualRun:
         self.trainers = StageTrainers(trainer or {}, self.directory)
         self.strategies = Strategies(strategies)
         check_can_shard(self.trainers.settings.get("strategy"), self.strategies, model.quantization)
-        self.strategies.check_media(stream_modalities(stream))
+        if any(s.media is not None for s in self.strategies.strategies):  # a scan of every sample's text
+            self.strategies.check_media(stream_modalities(stream))
         self.model = build_model(model, stream.texts())
         # Every task whose data the run reads: split_held_out below takes held-out ones out of
         # ``stream.tasks``, not out of this (shallow) copy.
