@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile
+import torch
 from PIL import Image
 from transformers.audio_utils import load_audio
 from transformers.video_utils import load_video
@@ -14,7 +15,7 @@ from contmm.model import ModelConfig, build_model
 from contmm.model.media import Video, clip_metadata, decode_clip, load_clip, load_waveform
 from contmm.model.modalities import check_modalities
 from streams.llava import LLaVAStream, TaskFiles
-from tests.checkpoints import save_checkpoint
+from tests.checkpoints import oracle_inputs, save_checkpoint
 from tests.llava_files import write_image, write_json
 from tests.media_files import clip_frames, truncate, write_clip, write_tone
 
@@ -188,3 +189,24 @@ def test_the_assembled_model_refuses_a_sound_before_training(tmp_path, media, mo
     stream = build(tmp_path, media, [record("a", "<audio>\nwhat is heard ?", audio="sounds/tone.wav")])
     with pytest.raises(ValueError, match="sample 'a' reads audio, which the assembled model"):
         check_modalities(stream.tasks, model)
+
+
+def test_a_streams_num_frames_reaches_a_whole_checkpoints_processor_as_its_own_sampling(tmp_path, media):
+    """Qwen2-VL given the stream's ``num_frames: 4`` reads what its processor makes of the
+    whole decoded clip sampled to 4 frames (2 temporal patches, not the 6-frame clip's 3)."""
+    stream = build(
+        tmp_path, media, [record("v", "<video>\nwhat moves ?", video="clips/move.mp4")], num_frames=4
+    )
+    checkpoint = save_checkpoint("qwen2_vl", tmp_path / "qwen2_vl")
+    model = build_model(ModelConfig(pretrained=str(checkpoint)), []).eval()
+    samples = [stream.tasks[0].train[0]]
+    ours = model.collator(train=False)(samples)
+    sampled = {"do_sample_frames": True, "num_frames": 4}
+    theirs = oracle_inputs(
+        model.processor, samples, with_answers=False, add_generation_prompt=True, **sampled
+    )
+    assert ours["video_grid_thw"][0, 0] == 2
+    for key in ("input_ids", "pixel_values_videos", "video_grid_thw"):
+        assert torch.equal(ours[key], theirs[key]), key
+    whole = oracle_inputs(model.processor, samples, with_answers=False, add_generation_prompt=True)
+    assert whole["video_grid_thw"][0, 0] == 3  # the check can fail: unsampled, the clip is longer

@@ -68,11 +68,25 @@ class ChatCollator:
         metadata, its sound at the feature extractor's rate."""
         media = {"images": [sample_image(sample)] if "image" in sample else []}
         if "video" in sample:
-            frames, metadata = load_clip(sample["video"])
-            media.update(videos=[frames], video_metadata=[metadata], sampling=sample["video"].sampling())
+            frames, metadata = self.clip(sample["video"])
+            media.update(videos=[frames], video_metadata=[metadata])
         if "audio" in sample:
             media["audio"] = [self.sound(sample)]
         return media
+
+    def clip(self, video: Video | Clip) -> tuple[np.ndarray, VideoMetadata]:
+        """The clip's frames and metadata. Where the stream asks for a sampling (``num_frames``
+        or ``fps``), the frames the processor's own ``sample_frames`` picks from the clip's
+        header, decoded alone, with their indices in the metadata: what the processor makes
+        of the whole decoded clip, without decoding the rest (a test compares the two)."""
+        asked = video.sampling() if isinstance(video, Video) else {}
+        if not asked:
+            return load_clip(video)
+        metadata = clip_metadata(video.path)
+        sampling = {k: v for k, v in asked.items() if k != "do_sample_frames"}
+        indices = np.asarray(self.processor.video_processor.sample_frames(metadata, **sampling))
+        metadata.frames_indices = indices
+        return decode_clip(video.path, indices.tolist()), metadata
 
     def sound(self, sample: dict):
         """The sample's sound at the feature extractor's rate, within its window."""
@@ -90,8 +104,9 @@ class ChatCollator:
                 inputs[key] = [row.get(key, []) for row in media]
         if sounds := [sound for row in media for sound in row.get("audio", [])]:
             inputs.update(audio=sounds, sampling_rate=self.processor.feature_extractor.sampling_rate)
-        # The stream's frame sampling, one for all its clips.
-        sampling = next((row["sampling"] for row in media if row.get("sampling")), {})
+        # Clips sampled already (``clip``) are not sampled again; whole clips get the processor's own default.
+        sampled = any(isinstance(s.get("video"), Video) and s["video"].sampling() for s in samples)
+        sampling = {"do_sample_frames": False} if sampled else {}
         return self.processor(
             text=texts,
             **inputs,
