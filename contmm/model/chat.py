@@ -22,6 +22,10 @@ from contmm.model.collate import IGNORE_INDEX, is_generation, sample_image, samp
 from contmm.model.media import load_clip
 from contmm.model.tokenizer import PLACEHOLDERS
 
+# Inputs a processor still names as transformers has deprecated them for the model's forward,
+# by their new names (Video-LLaVA's image processor gives ``pixel_values_images``, which its model
+# takes as ``pixel_values``): a batch's images are ``pixel_values`` for the rest of contmm (routing).
+RENAMED_INPUTS = {"pixel_values_images": "pixel_values"}
 PLACEHOLDER = re.compile("(" + "|".join(map(re.escape, PLACEHOLDERS.values())) + ")")
 MODALITY = {token: modality for modality, token in PLACEHOLDERS.items()}
 
@@ -92,7 +96,7 @@ class ChatCollator:
             inputs.update(audio=sounds, sampling_rate=self.processor.feature_extractor.sampling_rate)
         # The stream's frame sampling, one for all its clips.
         sampling = next((row["sampling"] for row in media if row.get("sampling")), {})
-        return self.processor(
+        encoded = self.processor(
             text=texts,
             **inputs,
             **sampling,
@@ -101,6 +105,10 @@ class ChatCollator:
             add_special_tokens=not (bos is not None and texts[0].startswith(bos)),
             return_tensors="pt",
         )
+        for old, new in RENAMED_INPUTS.items():
+            if old in encoded:
+                encoded[new] = encoded.pop(old)
+        return encoded
 
     def __call__(self, samples: list[dict]) -> dict:
         if drawn := [s["id"] for s in samples if is_generation(s)]:
