@@ -29,6 +29,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from contmm.model.modalities import stream_modalities
 from contmm.strategy import Strategy
 from strategies.routing import RoutingAccuracy, instruction_features, key_similarity, task_keys
 
@@ -118,6 +119,15 @@ class ProjectorExpansion(Strategy):
         self.accuracy: RoutingAccuracy | None = None
 
     def setup(self, model, stream) -> None:
+        if getattr(model.cfg, "pretrained", None) and (
+            other := sorted(stream_modalities(stream) - {"image"})
+        ):
+            # A whole checkpoint's clips go through the image's projector (Video-LLaVA), by
+            # frame: its rows are not the batch's samples, which the routing needs.
+            raise ValueError(
+                f"ProjectorExpansion routes a whole checkpoint's images only; the stream has samples "
+                f"with {', '.join(other)}"
+            )
         if not model.per_image_projector:
             raise ValueError(
                 "ProjectorExpansion sends each sample's image to a projector of its own; this model's "

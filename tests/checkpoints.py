@@ -28,6 +28,11 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextImageProcessor,
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
+    LlavaNextVideoProcessor,
+    LlavaNextVideoVideoProcessor,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessor,
@@ -57,6 +62,11 @@ from transformers import (
     SmolVLMProcessor,
     SmolVLMVideoProcessor,
     SmolVLMVisionConfig,
+    VideoLlavaConfig,
+    VideoLlavaForConditionalGeneration,
+    VideoLlavaImageProcessor,
+    VideoLlavaProcessor,
+    VideoLlavaVideoProcessor,
     WhisperFeatureExtractor,
 )
 from transformers.video_utils import load_video
@@ -602,11 +612,13 @@ def smolvlm_model(tokenizer) -> SmolVLMForConditionalGeneration:
 
 # LLaVA-OneVision (llava-hf) style: ChatML, each message's images first ('<image>\n', which the
 # processor expands into the image's base-tile, grid-tile and row-newline tokens), then its
-# text; the answer and its <|im_end|> in {% generation %}.
+# videos ('<video>\n': the clip's pooled frames and one newline token), then its text; the
+# answer and its <|im_end|> in {% generation %}.
 LLAVA_ONEVISION_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'video' %}{{ '<video>\n' }}{% endif %}{% endfor %}"
     "{% if message['role'] == 'assistant' %}{% generation %}"
     "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
     "{{ '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
@@ -635,7 +647,9 @@ def llava_onevision_processor() -> LlavaOnevisionProcessor:
     return LlavaOnevisionProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        # A clip: 4 frames sampled (one count across a batch: the model stacks the clips), each a
+        # 16 px tile pooled to 1 token, and a newline token: 5 video tokens.
+        video_processor=LlavaOnevisionVideoProcessor(size=size, do_sample_frames=True, num_frames=4),
         num_image_tokens=4,  # per tile: SigLIP has no CLS
         vision_feature_select_strategy="full",
         chat_template=LLAVA_ONEVISION_TEMPLATE,
@@ -703,6 +717,125 @@ def qwen2_audio_model(tokenizer) -> Qwen2AudioForConditionalGeneration:
     return with_generation_ids(Qwen2AudioForConditionalGeneration(config), tokenizer)
 
 
+# LLaVA-NeXT-Video and Video-LLaVA (llava-hf, Vicuna) style: 'USER: ', each message's images
+# ('<image>\n') then its videos ('<video>\n'), its text, ' ASSISTANT: <answer></s>'; the
+# processor expands each placeholder into the medium's tokens. The answer and its eos are in
+# {% generation %} (the hub templates mark the answer alone and end no turn with the eos).
+LLAVA_VIDEO_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}"
+    "{{ 'USER: ' }}"
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'video' %}{{ '<video>\n' }}{% endif %}{% endfor %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] + ' ' }}{% endif %}{% endfor %}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ 'ASSISTANT: ' }}"
+    "{% generation %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{{ eos_token }}"
+    "{% endgeneration %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def llava_video_tokenizer() -> PreTrainedTokenizerFast:
+    """LLaVA-1.5's word-level tokenizer with a <video> token beside <image>."""
+    return word_tokenizer(
+        ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<video>"],
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
+        padding_side="left",
+    )
+
+
+def llava_next_video_processor() -> LlavaNextVideoProcessor:
+    """LLaVA-NeXT-Video's own processor: images anyres as LLaVA-OneVision's (16 px tiles in grids
+    up to 2x2; a 32x32 image: 4 base tokens, 16 grid tokens, 4 row newlines), a clip's frames
+    cropped to one 16 px tile each and sampled to 4 (the frame count must be one across a batch:
+    the model stacks the clips), (16/8)^2 / 2^2 = 1 pooled token per frame."""
+    size, crop = {"shortest_edge": 16}, {"height": 16, "width": 16}
+    image_processor = LlavaNextImageProcessor(
+        size=size, crop_size=crop, image_grid_pinpoints=LLAVA_ONEVISION_PINPOINTS
+    )
+    video_processor = LlavaNextVideoVideoProcessor(
+        size=size, crop_size=crop, do_sample_frames=True, num_frames=4
+    )
+    return LlavaNextVideoProcessor(
+        video_processor=video_processor,
+        image_processor=image_processor,
+        tokenizer=llava_video_tokenizer(),
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS; 'default' drops it again
+        chat_template=LLAVA_VIDEO_TEMPLATE,
+    )
+
+
+def llava_next_video_model(tokenizer) -> LlavaNextVideoForConditionalGeneration:
+    """LLaVA-NeXT-Video: a CLIP tower whose penultimate layer is read (CLS dropped), LLaVA-NeXT's
+    anyres packing for images (image_newline after each grid row), a clip's frames average-pooled
+    2x2 (``vision_resampler``, no weights) before the same MLP projector, and a Llama LM (Vicuna's)."""
+    # Seed 1: after test_export's one-epoch fit, seed 0's model answers every colour question with
+    # its eos alone (the export test wants words, so that its comparison can fail).
+    torch.manual_seed(1)
+    config = LlavaNextVideoConfig(
+        vision_config=CLIPVisionConfig(**TINY_VISION, image_size=16, patch_size=8, projection_dim=16),
+        text_config=llama_text_config(tokenizer, max_position_embeddings=256),
+        image_token_index=tokenizer.image_token_id,
+        video_token_index=tokenizer.video_token_id,
+        image_grid_pinpoints=LLAVA_ONEVISION_PINPOINTS,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        spatial_pool_mode="average",
+        spatial_pool_stride=2,
+        image_seq_length=4,
+        video_seq_length=4,
+    )
+    return with_generation_ids(LlavaNextVideoForConditionalGeneration(config), tokenizer)
+
+
+def video_llava_processor() -> VideoLlavaProcessor:
+    """Video-LLaVA's own processor: an image resized and cropped to 16 px, (16/8)^2 = 4 tokens
+    (CLS dropped); a clip's frames likewise, sampled to 4, 4 + 1 tokens per frame (its CLS kept)."""
+    size, crop = {"shortest_edge": 16}, {"height": 16, "width": 16}
+    return VideoLlavaProcessor(
+        image_processor=VideoLlavaImageProcessor(size=size, crop_size=crop),
+        video_processor=VideoLlavaVideoProcessor(
+            size=size, crop_size=crop, do_sample_frames=True, num_frames=4
+        ),
+        tokenizer=llava_video_tokenizer(),
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_VIDEO_TEMPLATE,
+    )
+
+
+def video_llava_model(tokenizer) -> VideoLlavaForConditionalGeneration:
+    """Video-LLaVA: two CLIP towers of one config (LanguageBind's image and video encoders),
+    ``image_tower`` and ``video_tower``, each read at its penultimate layer (an image's CLS
+    dropped, a frame's kept), one MLP projector for both, and a Llama LM (Vicuna's)."""
+    # Seed 1: after test_export's one-epoch fit, seed 0's model answers every colour question with
+    # its eos alone (the export test wants words, so that its comparison can fail).
+    torch.manual_seed(1)
+    config = VideoLlavaConfig(
+        vision_config=CLIPVisionConfig(**TINY_VISION, image_size=16, patch_size=8, projection_dim=16),
+        text_config=llama_text_config(tokenizer, max_position_embeddings=256),
+        image_token_index=tokenizer.image_token_id,
+        video_token_index=tokenizer.video_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=4,
+        video_seq_length=20,
+    )
+    return with_generation_ids(VideoLlavaForConditionalGeneration(config), tokenizer)
+
+
 # Every family of contmm.model.pretrained.FAMILIES: how its tiny checkpoint is built (the
 # processor, then the model for the processor's tokenizer). The fidelity tests run on each.
 BUILDERS = {
@@ -715,6 +848,8 @@ BUILDERS = {
     "smolvlm": (smolvlm_processor, smolvlm_model),
     "llava_onevision": (llava_onevision_processor, llava_onevision_model),
     "qwen2_audio": (qwen2_audio_processor, qwen2_audio_model),
+    "llava_next_video": (llava_next_video_processor, llava_next_video_model),
+    "video_llava": (video_llava_processor, video_llava_model),
 }
 
 

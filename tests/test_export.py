@@ -47,7 +47,18 @@ def contmm_predictions(run, task: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "kind", ["llava", "qwen2_vl", "qwen3_vl", "internvl", "gemma3", "smolvlm", "llava_onevision"]
+    "kind",
+    [
+        "llava",
+        "qwen2_vl",
+        "qwen3_vl",
+        "internvl",
+        "gemma3",
+        "smolvlm",
+        "llava_onevision",
+        "llava_next_video",
+        "video_llava",
+    ],
 )
 def test_an_exported_whole_model_loads_with_transformers_and_predicts_as_contmm_did(tmp_path, kind):
     run, exported = fit(tmp_path, strategies=[], lr=5e-4, epochs=1, kind=kind)

@@ -14,6 +14,8 @@ from transformers.video_utils import load_video
 from contmm.model import ModelConfig, build_model
 from contmm.model.media import Video, clip_metadata, decode_clip, load_clip, load_waveform
 from contmm.model.modalities import check_modalities
+from contmm.model.pretrained import FAMILIES
+from strategies.projector_expansion import ProjectorExpansion
 from streams.llava import LLaVAStream, TaskFiles
 from tests.checkpoints import oracle_inputs, save_checkpoint
 from tests.llava_files import write_image, write_json
@@ -191,22 +193,31 @@ def test_the_assembled_model_refuses_a_sound_before_training(tmp_path, media, mo
         check_modalities(stream.tasks, model)
 
 
-def test_a_streams_num_frames_reaches_a_whole_checkpoints_processor_as_its_own_sampling(tmp_path, media):
-    """Qwen2-VL given the stream's ``num_frames: 4`` reads what its processor makes of the
-    whole decoded clip sampled to 4 frames (2 temporal patches, not the 6-frame clip's 3)."""
+@pytest.mark.parametrize("kind", [kind for kind, family in FAMILIES.items() if "video" in family.modalities])
+def test_a_streams_num_frames_reaches_a_whole_checkpoints_processor_as_its_own_sampling(
+    tmp_path, media, kind
+):
+    """Given the stream's ``num_frames: 2``, a checkpoint reads what its processor makes of the
+    whole decoded clip sampled to 2 frames (contmm decodes only those two)."""
     stream = build(
-        tmp_path, media, [record("v", "<video>\nwhat moves ?", video="clips/move.mp4")], num_frames=4
+        tmp_path, media, [record("v", "<video>\nwhat moves ?", video="clips/move.mp4")], num_frames=2
     )
-    checkpoint = save_checkpoint("qwen2_vl", tmp_path / "qwen2_vl")
-    model = build_model(ModelConfig(pretrained=str(checkpoint)), []).eval()
+    model = build_model(ModelConfig(pretrained=str(save_checkpoint(kind, tmp_path / kind))), []).eval()
     samples = [stream.tasks[0].train[0]]
     ours = model.collator(train=False)(samples)
-    sampled = {"do_sample_frames": True, "num_frames": 4}
-    theirs = oracle_inputs(
-        model.processor, samples, with_answers=False, add_generation_prompt=True, **sampled
-    )
-    assert ours["video_grid_thw"][0, 0] == 2
-    for key in ("input_ids", "pixel_values_videos", "video_grid_thw"):
-        assert torch.equal(ours[key], theirs[key]), key
-    whole = oracle_inputs(model.processor, samples, with_answers=False, add_generation_prompt=True)
-    assert whole["video_grid_thw"][0, 0] == 3  # the check can fail: unsampled, the clip is longer
+    prompt = {"with_answers": False, "add_generation_prompt": True}
+    # fps=None: Qwen3-VL's processor has a default fps, and refuses num_frames beside it.
+    theirs = oracle_inputs(model.processor, samples, **prompt, do_sample_frames=True, num_frames=2, fps=None)
+    for key, value in theirs.items():
+        assert torch.equal(ours[key], value), key
+    unsampled = oracle_inputs(model.processor, samples, **prompt)  # the check can fail: more frames
+    assert unsampled["pixel_values_videos"].shape != ours["pixel_values_videos"].shape
+
+
+def test_projector_expansion_on_a_whole_checkpoint_refuses_a_stream_with_clips(tmp_path, media):
+    stream = build(tmp_path, media, [record("v", "<video>\nwhat moves ?", video="clips/move.mp4")])
+    model = build_model(ModelConfig(pretrained=str(save_checkpoint("video_llava", tmp_path / "vl"))), [])
+    with pytest.raises(
+        ValueError, match="routes a whole checkpoint's images only; the stream has samples with video"
+    ):
+        ProjectorExpansion().setup(model, stream)

@@ -160,12 +160,40 @@ def test_a_trained_tower_gets_a_gradient_on_every_trainable_weight(kind, checkpo
     model(**model.collator(train=True)(samples)).loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     frozen = {n for n, t in model.encoder.named_parameters() if not t.requires_grad}
-    # LLaVA reads the penultimate layer; LLaVA-OneVision the last layer before its norm.
-    unread = {"llava": ("encoder.layers.1.", "post_layernorm."), "llava_onevision": ("post_layernorm.",)}
+    # LLaVA, LLaVA-NeXT-Video and Video-LLaVA read the penultimate layer; LLaVA-OneVision the
+    # last layer before its norm.
+    penultimate = ("encoder.layers.1.", "post_layernorm.")
+    unread = {
+        "llava": penultimate,
+        "llava_next_video": penultimate,
+        "video_llava": penultimate,
+        "llava_onevision": ("post_layernorm.",),
+    }
     if kind in unread:
         assert frozen and all(n.startswith(unread[kind]) for n in frozen)
     else:
         assert not frozen
+
+
+@pytest.mark.parametrize("kind", ["llava_next_video", "video_llava"])
+def test_a_batch_of_clips_gives_the_weights_only_images_reach_zero_gradients(
+    kind, checkpoints, image_samples, tmp_path
+):
+    """LLaVA-NeXT-Video's image_newline and Video-LLaVA's image tower get no gradient from
+    clips; DDP needs one for every trainable weight in every step: zeros, the loss unchanged."""
+    model = build_model(ModelConfig(pretrained=str(checkpoints[kind])), [])
+    model.set_trainable(["encoder", "input_projector", "backbone"])
+    batch = model.collator(train=True)(as_modality(image_samples, "video", tmp_path))
+    loss = model(**batch).loss
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    if kind == "llava_next_video":
+        images_only = [model.hf.get_parameter("model.image_newline")]
+    else:
+        images_only = [p for p in model.encoder.parameters() if p.requires_grad]
+    assert images_only and not any(p.grad.any() for p in images_only)
+    with torch.no_grad():
+        assert torch.equal(loss.detach(), model.hf(**batch).loss)
 
 
 def test_a_parameter_outside_every_component_counts_with_its_own(checkpoints, stream):

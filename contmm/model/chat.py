@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import torch
+from transformers.video_utils import VideoMetadata
 
 from contmm.model.collate import IGNORE_INDEX, is_generation, sample_image, sample_sound
-from contmm.model.media import load_clip
+from contmm.model.media import Clip, Video, clip_metadata, decode_clip, load_clip
 from contmm.model.tokenizer import PLACEHOLDERS
 
+# Inputs a processor still names as transformers has deprecated them for the model's forward,
+# by their new names (Video-LLaVA's image processor gives ``pixel_values_images``, which its model
+# takes as ``pixel_values``): a batch's images are ``pixel_values`` for the rest of contmm (routing).
+RENAMED_INPUTS = {"pixel_values_images": "pixel_values"}
 PLACEHOLDER = re.compile("(" + "|".join(map(re.escape, PLACEHOLDERS.values())) + ")")
 MODALITY = {token: modality for modality, token in PLACEHOLDERS.items()}
 
@@ -69,7 +75,8 @@ class ChatCollator:
         media = {"images": [sample_image(sample)] if "image" in sample else []}
         if "video" in sample:
             frames, metadata = self.clip(sample["video"])
-            media.update(videos=[frames], video_metadata=[metadata])
+            sampled = isinstance(sample["video"], Video) and bool(sample["video"].sampling())
+            media.update(videos=[frames], video_metadata=[metadata], sampled=sampled)
         if "audio" in sample:
             media["audio"] = [self.sound(sample)]
         return media
@@ -104,10 +111,10 @@ class ChatCollator:
                 inputs[key] = [row.get(key, []) for row in media]
         if sounds := [sound for row in media for sound in row.get("audio", [])]:
             inputs.update(audio=sounds, sampling_rate=self.processor.feature_extractor.sampling_rate)
-        # Clips sampled already (``clip``) are not sampled again; whole clips get the processor's own default.
-        sampled = any(isinstance(s.get("video"), Video) and s["video"].sampling() for s in samples)
-        sampling = {"do_sample_frames": False} if sampled else {}
-        return self.processor(
+        # Clips sampled already (``clip``) are not sampled again; whole clips get the
+        # processor's own default.
+        sampling = {"do_sample_frames": False} if any(row.get("sampled") for row in media) else {}
+        encoded = self.processor(
             text=texts,
             **inputs,
             **sampling,
@@ -116,6 +123,10 @@ class ChatCollator:
             add_special_tokens=not (bos is not None and texts[0].startswith(bos)),
             return_tensors="pt",
         )
+        for old, new in RENAMED_INPUTS.items():
+            if old in encoded:
+                encoded[new] = encoded.pop(old)
+        return encoded
 
     def __call__(self, samples: list[dict]) -> dict:
         if drawn := [s["id"] for s in samples if is_generation(s)]:

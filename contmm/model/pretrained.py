@@ -49,6 +49,12 @@ class Family:
     # embeddings') before placing them among the text embeddings: the tower and the LLM must
     # then have one dtype (SmolVLM / Idefics3 in transformers 5.25, issue #41453).
     features_in_tower_dtype: bool = False
+    # Further Modality Encoders that read one modality each, as (modality, path) pairs (Video-LLaVA's
+    # video tower beside its image tower): each is a component of its own, ``<modality>_encoder``,
+    # frozen or trained as ``model.encoder`` says, and frozen in a stage whose data lack its
+    # modality (a tower trained on a stage's images would get no gradient); ``encoder`` then reads
+    # the family's other modalities.
+    towers: tuple[tuple[str, str], ...] = ()
 
 
 # One row per family, by its config's ``model_type``; a checkpoint of another type is refused
@@ -79,10 +85,31 @@ FAMILIES = {
     # projector's rows are not the batch's images. ``image_newline``, a parameter of ``model``
     # itself, ends each row of an image's projected tile grid: a vector in the LLM's embedding
     # space that only the image path emits, so it counts with the input projector.
+    # A clip's frames are single base tiles, their projected features pooled 2x2 (bilinear), one
+    # image_newline after the clip.
     "llava_onevision": Family(
         "model.vision_tower",
         "model.multi_modal_projector",
+        modalities=("image", "video"),
         loose_parameters=(("model.image_newline", "input_projector"),),
+    ),
+    # LLaVA-NeXT-Video: LLaVA-NeXT's anyres images (tiles, image_newline after each grid row, as
+    # LLaVA-OneVision's) and a clip's frames average-pooled 2x2 (``model.vision_resampler``, no
+    # weights in its average mode) before the same projector.
+    "llava_next_video": Family(
+        "model.vision_tower",
+        "model.multi_modal_projector",
+        modalities=("image", "video"),
+        loose_parameters=(("model.image_newline", "input_projector"),),
+    ),
+    # Video-LLaVA: an image tower and a video tower (one CLIP config, separate weights), one
+    # projector that maps each image's tokens on their own (and each clip's frames).
+    "video_llava": Family(
+        "model.image_tower",
+        "model.multi_modal_projector",
+        modalities=("image", "video"),
+        per_image_projector=True,
+        towers=(("video", "model.video_tower"),),
     ),
     # SmolVLM's connector pixel-shuffles and projects each row on its own, but as InternVL's a
     # row is a tile: its processor splits an image into tiles and a global view by default
@@ -164,7 +191,8 @@ def quantization(cfg, model_type: str) -> dict:
     from transformers import BitsAndBytesConfig
 
     family = FAMILIES[model_type]
-    keep = ["lm_head", *(path.rsplit(".", 1)[-1] for path in (family.encoder, family.input_projector))]
+    paths = (family.encoder, *(path for _, path in family.towers), family.input_projector)
+    keep = ["lm_head", *(path.rsplit(".", 1)[-1] for path in paths)]
     if cfg.quantization == "8bit":
         return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)}
     return {
@@ -235,8 +263,29 @@ class PretrainedMMLLM(ComponentModel):
     def input_projector(self) -> nn.Module:
         return self.hf.get_submodule(self.family.input_projector)
 
+    def towers(self) -> dict[str, nn.Module]:
+        """The family's further Modality Encoders (``Family.towers``), by component name."""
+        return {f"{modality}_encoder": self.hf.get_submodule(path) for modality, path in self.family.towers}
+
     def components(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "input_projector": self.input_projector, "backbone": self.backbone}
+        return {
+            "encoder": self.encoder,
+            **self.towers(),
+            "input_projector": self.input_projector,
+            "backbone": self.backbone,
+        }
+
+    def component_config(self, name: str):
+        # Every vision tower is frozen or trained as model.encoder says.
+        return self.cfg.encoder if name in self.towers() else super().component_config(name)
+
+    def component_modalities(self) -> dict[str, set[str]]:
+        own = {modality for modality, _ in self.family.towers}
+        return {
+            "encoder": set(self.modalities) - own,
+            **{f"{modality}_encoder": {modality} for modality in own},
+            "input_projector": set(self.modalities),
+        }
 
     def loose_parameters(self, name: str) -> dict[str, nn.Parameter]:
         """The family's parameters outside every component's module that count with ``name``."""
@@ -261,6 +310,16 @@ class PretrainedMMLLM(ComponentModel):
         # An answer ends where the checkpoint's generate stops: at any of its eos ids.
         eos = self.hf.generation_config.eos_token_id
         return ChatCollator(self.processor, train, end_ids=eos if isinstance(eos, list) else [eos])
+
+    def encoder_probes(self) -> dict:
+        # A further tower (a video tower: the only kind a family has yet) by a blank clip.
+        return {**super().encoder_probes(), **{name: self.video_probe for name in self.towers()}}
+
+    def video_probe(self) -> object:
+        """The checkpoint's own video path on a blank two-frame clip: the features the LLM reads."""
+        clip = np.zeros((2, 224, 224, 3), np.uint8)
+        blank = self.processor.video_processor(videos=[clip], do_sample_frames=False, return_tensors="pt")
+        return self.hf.model.get_video_features(**blank.to(self.hf.device)).pooler_output
 
     def encoder_probe(self) -> object:
         if "image" not in self.modalities:  # a sound's encoder: its features of one silent second
@@ -291,7 +350,19 @@ class PretrainedMMLLM(ComponentModel):
         return caught[0]
 
     def forward(self, **batch):
-        return self.hf(**batch)
+        outputs = self.hf(**batch)
+        if outputs.loss is not None and len(self.modalities) > 1:
+            # A batch without one of the family's media leaves the weights only that medium
+            # reaches (LLaVA-NeXT-Video's image_newline, Video-LLaVA's image tower in a batch of
+            # clips) without a gradient, which DDP refuses: zero times them gives them zeros.
+            media_weights = [
+                tensor
+                for name in self.component_modalities()
+                for tensor in self.component_tensors(name)
+                if isinstance(tensor, nn.Parameter) and tensor.requires_grad
+            ]
+            outputs.loss = outputs.loss + sum(p.sum() for p in media_weights) * 0.0
+        return outputs
 
     @torch.no_grad()
     def generate(self, batch: dict, max_new_tokens: int) -> torch.Tensor:
