@@ -14,20 +14,22 @@ from contmm.cli import main
 from streams.llava import LLaVAStream, TaskFiles
 from streams.synthetic import SyntheticShapes
 from tests.checkpoints import fit_config, reference_answer, save_checkpoint
-from tests.llava_files import write_json
+from tests.helpers import run_fit
+from tests.llava_files import write_image, write_json
 from tests.media_files import write_clip, write_tone
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_repo")]
 
 TASKS = ["colour", "shape"]
 MAX_NEW_TOKENS = 4
+SUFFIXES = {"image": "png", "video": "mp4", "audio": "wav"}
 
 
 def media_stream(root, modality: str) -> dict:
     """The synthetic stream's questions and answers as LLaVA records, each reading a clip or a
-    sound of its own (written under ``root``): the stream section of a config."""
+    sound of its own (written under ``root``): the stream section of a config. ``mixed``:
+    images and clips in turn, in every task."""
     shapes = SyntheticShapes(tasks=TASKS, train_size=8, test_size=4)
-    suffix = {"video": "mp4", "audio": "wav"}[modality]
     tasks = []
     for t, task in enumerate(shapes.tasks):
         files = {}
@@ -35,14 +37,17 @@ def media_stream(root, modality: str) -> dict:
             records = []
             for i in range(len(getattr(task, split))):
                 sample = getattr(task, split).text(i)
-                name = f"{task.name}/{split}{i}.{suffix}"
-                if modality == "video":
+                medium = modality if modality != "mixed" else ("image", "video")[i % 2]
+                name = f"{task.name}/{split}{i}.{SUFFIXES[medium]}"
+                if medium == "video":
                     write_clip(root / name, frames=4 + i % 3, seed=10 * t + i)
+                elif medium == "image":
+                    write_image(root / name, ("red", "blue")[i % 4 // 2])
                 else:
                     write_tone(root / name, seconds=0.3 + 0.1 * (i % 3), hz=200 + 50 * i + 500 * t)
-                question = sample["question"].replace("<image>", f"<{modality}>")
+                question = sample["question"].replace("<image>", f"<{medium}>")
                 turns = [{"from": "human", "value": question}, {"from": "gpt", "value": sample["answer"]}]
-                records.append({"id": sample["id"], modality: name, "conversations": turns})
+                records.append({"id": sample["id"], medium: name, "conversations": turns})
             files[split] = write_json(root / f"{task.name}_{split}.json", records)
         tasks.append({"name": task.name, **files})
     return {"class_path": "streams.llava.LLaVAStream", "init_args": {"tasks": tasks, "media_root": str(root)}}
@@ -91,3 +96,22 @@ def test_a_whole_checkpoint_tuned_on_media_records_exports_and_evaluates_as_it_p
         list(json.loads((tmp_path / "eval/results.json").read_text())["scores"].values()) == fit["matrix"][-1]
     )
     assert {task: contmm_predictions(tmp_path / "eval/predictions", task) for task in TASKS} == ours
+
+
+def test_a_whole_checkpoint_with_two_towers_trains_them_under_two_process_ddp_on_images_and_clips(tmp_path):
+    """Video-LLaVA with its image and video towers trained, every task mixing images and clips:
+    a batch of one medium leaves the other's tower unreached, which DDP refuses without the
+    zero gradients contmm gives it."""
+    stream = media_stream(tmp_path / "media", "mixed")
+    config = fit_config(
+        save_checkpoint("video_llava", tmp_path / "video_llava"), tmp_path, stream=stream,
+        model={"encoder": {"freeze": False}}, data={"batch_size": 1},
+    )  # fmt: skip
+    out = tmp_path / "run"
+    done = run_fit(
+        "--config", config, "--output_dir", str(out), "--trainer.devices", "2", "--trainer.strategy", "ddp"
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["env"]["world_size"] == 2 and results["stages_completed"] == 2
+    assert results["task_media"] == {task: ["image", "video"] for task in TASKS}

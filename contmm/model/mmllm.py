@@ -78,9 +78,10 @@ class ModelConfig:
         prompt: the instruction template of an assembled model; ``{question}`` holds the
             media's placeholders (``<image>``, ``<video>``, ``<audio>``; a whole checkpoint uses
             its own chat template).
-        pretrained: a whole image-text-to-text checkpoint (hub id or directory: LLaVA,
-            Qwen2-VL, Qwen2.5-VL); the components then only say what is frozen (their
-            ``config`` / ``pretrained`` stay unset).
+        pretrained: a whole checkpoint (hub id or directory) of a family in
+            ``contmm.model.pretrained.FAMILIES`` (LLaVA, the Qwen-VLs, LLaVA-OneVision, ...,
+            Qwen2-Audio); the components then only say what is frozen (their ``config`` /
+            ``pretrained`` stay unset).
         dtype: of a whole checkpoint's weights (``auto``: as stored); the trained
             components are kept in float32.
         gradient_checkpointing: recompute a whole checkpoint's activations in the backward
