@@ -367,9 +367,12 @@ def qwen3vl_model(tokenizer) -> Qwen3VLForConditionalGeneration:
 
 
 # InternVL-hf style (ChatML; an image is '<IMG_CONTEXT>\n', which the processor expands into
-# <img> + image_seq_length x <IMG_CONTEXT> + </img>), with the answer and its <|im_end|> in
-# {% generation %}.
-INTERNVL_TEMPLATE = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n")
+# <img> + image_seq_length x <IMG_CONTEXT> + </img>; a clip is '<video>\n', which it expands into
+# one such block per frame, 'Frame1: <img>...</img>\nFrame2: ...'), with the answer and its
+# <|im_end|> in {% generation %}.
+INTERNVL_TEMPLATE = QWEN_TEMPLATE.replace(
+    "<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n"
+).replace("<|vision_start|><|video_pad|><|vision_end|>", "<video>\n")
 INTERNVL_SPECIAL = [
     "<pad>",
     "<unk>",
@@ -398,7 +401,9 @@ def internvl_processor() -> InternVLProcessor:
     return InternVLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        video_processor=InternVLVideoProcessor(size=size),  # the processor refuses None
+        # A clip: 4 frames sampled (one count across a batch: the processor stacks the clips), each
+        # a 56 px image of 4 tokens.
+        video_processor=InternVLVideoProcessor(size=size, do_sample_frames=True, num_frames=4),
         image_seq_length=4,
         chat_template=INTERNVL_TEMPLATE,
     )
@@ -533,8 +538,12 @@ def gemma3_model(tokenizer) -> Gemma3ForConditionalGeneration:
 # SmolVLM (Instruct) style: '<|im_start|>' opens the conversation, then 'User:<image>...<end_of_utterance>\n'
 # and 'Assistant: <answer><end_of_utterance>\n' ('User:' before an image, 'User: ' before text);
 # the processor expands '<image>' into '<fake_token_around_image><global-img>' + image_seq_len x
-# '<image>' + '<fake_token_around_image>' (one image, not split into tiles). The answer and its
-# <end_of_utterance> are in {% generation %}.
+# '<image>' + '<fake_token_around_image>' (one image, not split into tiles); a clip is '<video>',
+# which it expands into an intro naming the frame count and the clip's length, then for each frame
+# '\nFrame from MM:SS:' and the frame's image block as a single image's, then '\n\n'. The answer
+# and its <end_of_utterance> are in {% generation %}. A conversation with a clip is rendered with
+# the processor's own built-in template (DEFAULT_CHAT_TEMPLATE in processing_smolvlm.py) unless a
+# template is named: it renders what this one does, without the {% generation %} marks.
 SMOLVLM_TEMPLATE = (
     "<|im_start|>"
     "{% for message in messages %}"
@@ -545,7 +554,8 @@ SMOLVLM_TEMPLATE = (
     "{{ '<end_of_utterance>' }}{% endgeneration %}{{ '\n' }}"
     "{% else %}"
     "{% for c in message['content'] %}"
-    "{% if c['type'] == 'image' %}{{ '<image>' }}{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% if c['type'] == 'image' %}{{ '<image>' }}{% elif c['type'] == 'video' %}{{ '<video>' }}"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
     "{% endfor %}"
     "{{ '<end_of_utterance>\n' }}"
     "{% endif %}"
@@ -587,7 +597,11 @@ def smolvlm_processor() -> SmolVLMProcessor:
     return SmolVLMProcessor(
         image_processor=SmolVLMImageProcessor(**sizes, do_image_splitting=False),
         tokenizer=tokenizer,
-        video_processor=SmolVLMVideoProcessor(**sizes),  # apply_chat_template reads its num_frames
+        # A clip: up to 4 frames at 2 per second, each a global view of 4 tokens; the processor
+        # pads a batch's clips to one frame count and the model drops the padding frames.
+        # apply_chat_template samples with these whenever they are set, so the processor samples
+        # by default too.
+        video_processor=SmolVLMVideoProcessor(**sizes, do_sample_frames=True, num_frames=4, fps=2),
         image_seq_len=4,
         chat_template=SMOLVLM_TEMPLATE,
     )
@@ -868,7 +882,9 @@ def oracle_inputs(processor, samples: list[dict], with_answers: bool, **kwargs) 
     their parts, through the processor's ``apply_chat_template``. An image as it is; a clip
     decoded by transformers' own PyAV reader, with its metadata (its frame rate, which
     Qwen2.5-VL's and Qwen3-VL's positions read); a sound by its path (transformers loads and
-    resamples it)."""
+    resamples it). The checkpoint's template is named, as SmolVLM's processor would otherwise
+    render a conversation with a clip with its built-in one, which has no {% generation %} marks
+    for the assistant mask (contmm's collator gets the built-in one: the renderings are equal)."""
     conversations, metadata = [], []
     for sample in samples:
         messages = chat_messages(sample, with_answers)
@@ -887,6 +903,7 @@ def oracle_inputs(processor, samples: list[dict], with_answers: bool, **kwargs) 
     }
     return processor.apply_chat_template(
         conversations,
+        chat_template=processor.chat_template,
         tokenize=True,
         return_dict=True,
         return_tensors="pt",

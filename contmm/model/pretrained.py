@@ -79,7 +79,8 @@ FAMILIES = {
     # InternVL's MLP maps each row of pixel-shuffled features on its own, but a row is a tile:
     # its processor cuts an image into up to max_patches tiles and a thumbnail by default
     # (crop_to_patches), so the projector's rows are not the batch's images.
-    "internvl": Family("model.vision_tower", "model.multi_modal_projector"),
+    # A clip's frames are images of one tile each, in pixel_values beside the images.
+    "internvl": Family("model.vision_tower", "model.multi_modal_projector", modalities=("image", "video")),
     # LLaVA-OneVision's MLP too maps rows that are tiles: an image is its base tile and its
     # anyres grid's tiles, as many as the image's size picks (image_grid_pinpoints), so the
     # projector's rows are not the batch's images. ``image_newline``, a parameter of ``model``
@@ -113,10 +114,12 @@ FAMILIES = {
     ),
     # SmolVLM's connector pixel-shuffles and projects each row on its own, but as InternVL's a
     # row is a tile: its processor splits an image into tiles and a global view by default
-    # (do_image_splitting). Its LLM is the text model.
+    # (do_image_splitting). A clip's frames are global views, in pixel_values as images are. Its
+    # LLM is the text model.
     "smolvlm": Family(
         "model.vision_model",
         "model.connector",
+        modalities=("image", "video"),
         language_model="model.text_model",
         features_in_tower_dtype=True,
     ),
