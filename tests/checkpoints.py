@@ -80,16 +80,10 @@ WORDS = " ".join(
     [*SyntheticShapes(train_size=4, test_size=4, pretrain_size=4).texts(), "user assistant system : \n"]
 )
 
-# LLaVA-1.5 style ("USER: <image>\n<question> ASSISTANT: <answer></s>USER: ..."); the assistant
-# answer and its eos are wrapped in {% generation %} so return_assistant_tokens_mask works.
-LLAVA_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}"
-    "{{ 'USER: ' }}"
-    "{% for c in message['content'] %}"
-    "{% if c['type'] == 'image' %}{{ '<image>\n' }}{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}"
-    "{{ ' ' }}"
+# LLaVA-1.5's assistant turn ("ASSISTANT: <answer></s>"; a prompt ends "ASSISTANT:"), the
+# answer and its eos wrapped in {% generation %} so return_assistant_tokens_mask works. The
+# LLaVA-style templates end with it.
+LLAVA_ANSWERS = (
     "{% elif message['role'] == 'assistant' %}"
     "{{ 'ASSISTANT: ' }}"
     "{% generation %}"
@@ -99,6 +93,18 @@ LLAVA_TEMPLATE = (
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+# LLaVA-1.5 style ("USER: <image>\n<question> ASSISTANT: <answer></s>USER: ...").
+
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}"
+    "{{ 'USER: ' }}"
+    "{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}{{ '<image>\n' }}{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}"
+    "{{ ' ' }}" + LLAVA_ANSWERS
 )
 
 # Qwen2-VL style (ChatML with <|vision_start|><|image_pad|><|vision_end|>, and
@@ -164,16 +170,23 @@ def chatml_tokenizer(special: list[str], **media_tokens: str) -> PreTrainedToken
     )
 
 
-def llava_processor() -> LlavaProcessor:
-    tokenizer = word_tokenizer(
-        ["<pad>", "<unk>", "<s>", "</s>", "<image>"],
+def llava_tokenizer(video: bool = False) -> PreTrainedTokenizerFast:
+    """LLaVA-1.5's word-level tokenizer (<s>, </s>, left padding) with its <image> token, and
+    with ``video`` a <video> token beside it."""
+    media = {"image_token": "<image>", **({"video_token": "<video>"} if video else {})}
+    return word_tokenizer(
+        ["<pad>", "<unk>", "<s>", "</s>", *media.values()],
         pad_token="<pad>",
         unk_token="<unk>",
         bos_token="<s>",
         eos_token="</s>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens=media,
         padding_side="left",
     )
+
+
+def llava_processor() -> LlavaProcessor:
+    tokenizer = llava_tokenizer()
     image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     return LlavaProcessor(
         image_processor=image_processor,
@@ -742,29 +755,8 @@ LLAVA_VIDEO_TEMPLATE = (
     "{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ '<image>\n' }}{% endif %}{% endfor %}"
     "{% for c in message['content'] %}{% if c['type'] == 'video' %}{{ '<video>\n' }}{% endif %}{% endfor %}"
     "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] + ' ' }}{% endif %}{% endfor %}"
-    "{% elif message['role'] == 'assistant' %}"
-    "{{ 'ASSISTANT: ' }}"
-    "{% generation %}"
-    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{{ eos_token }}"
-    "{% endgeneration %}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+    + LLAVA_ANSWERS
 )
-
-
-def llava_video_tokenizer() -> PreTrainedTokenizerFast:
-    """LLaVA-1.5's word-level tokenizer with a <video> token beside <image>."""
-    return word_tokenizer(
-        ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<video>"],
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-        padding_side="left",
-    )
 
 
 def llava_next_video_processor() -> LlavaNextVideoProcessor:
@@ -782,7 +774,7 @@ def llava_next_video_processor() -> LlavaNextVideoProcessor:
     return LlavaNextVideoProcessor(
         video_processor=video_processor,
         image_processor=image_processor,
-        tokenizer=llava_video_tokenizer(),
+        tokenizer=llava_tokenizer(video=True),
         patch_size=8,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS; 'default' drops it again
@@ -822,7 +814,7 @@ def video_llava_processor() -> VideoLlavaProcessor:
         video_processor=VideoLlavaVideoProcessor(
             size=size, crop_size=crop, do_sample_frames=True, num_frames=4
         ),
-        tokenizer=llava_video_tokenizer(),
+        tokenizer=llava_tokenizer(video=True),
         patch_size=8,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,

@@ -74,26 +74,25 @@ class ChatCollator:
         metadata, its sound at the feature extractor's rate."""
         media = {"images": [sample_image(sample)] if "image" in sample else []}
         if "video" in sample:
-            frames, metadata = self.clip(sample["video"])
-            sampled = isinstance(sample["video"], Video) and bool(sample["video"].sampling())
+            frames, metadata, sampled = self.clip(sample["video"])
             media.update(videos=[frames], video_metadata=[metadata], sampled=sampled)
         if "audio" in sample:
             media["audio"] = [self.sound(sample)]
         return media
 
-    def clip(self, video: Video | Clip) -> tuple[np.ndarray, VideoMetadata]:
-        """The clip's frames and metadata. Where the stream asks for a sampling (``num_frames``
-        or ``fps``), the frames the processor's own ``sample_frames`` picks from the clip's
-        header, decoded alone, with their indices in the metadata: what the processor makes
-        of the whole decoded clip, without decoding the rest (a test compares the two)."""
+    def clip(self, video: Video | Clip) -> tuple[np.ndarray, VideoMetadata, bool]:
+        """The clip's frames and metadata, and whether they are sampled already. Where the
+        stream asks for a sampling (``num_frames`` or ``fps``), the frames the processor's own
+        ``sample_frames`` picks from the clip's header, decoded alone, with their indices in the
+        metadata: what the processor makes of the whole decoded clip, without decoding the rest
+        (a test compares the two)."""
         asked = video.sampling() if isinstance(video, Video) else {}
         if not asked:
-            return load_clip(video)
+            return (*load_clip(video), False)
         metadata = clip_metadata(video.path)
-        sampling = {k: v for k, v in asked.items() if k != "do_sample_frames"}
-        indices = np.asarray(self.processor.video_processor.sample_frames(metadata, **sampling))
+        indices = np.asarray(self.processor.video_processor.sample_frames(metadata, **asked))
         metadata.frames_indices = indices
-        return decode_clip(video.path, indices.tolist()), metadata
+        return decode_clip(video.path, indices.tolist()), metadata, True
 
     def sound(self, sample: dict):
         """The sample's sound at the feature extractor's rate, within its window."""

@@ -117,6 +117,24 @@ class ComponentModel(nn.Module):
         absent from a stage's data is frozen for it (``contmm.model.modalities``)."""
         return {"encoder": set(self.modalities), "input_projector": set(self.modalities)}
 
+    def media_weights_term(self) -> torch.Tensor | None:
+        """Zero times the trainable weights of the components that read media, for a model
+        that reads several (None otherwise), added to the training loss. A batch without one
+        of its media (clips only in a stage that mixes images and clips, a replayed sound
+        among them) leaves the weights only that medium reaches (an audio projector,
+        Video-LLaVA's image tower, LLaVA-NeXT-Video's image_newline) without a gradient, which
+        DDP refuses; this gives them zeros, on one device as on several, and the loss is as
+        it was."""
+        if len(self.modalities) < 2:
+            return None
+        weights = [
+            tensor
+            for name in self.component_modalities()
+            for tensor in self.component_tensors(name)
+            if isinstance(tensor, nn.Parameter) and tensor.requires_grad
+        ]
+        return sum(p.sum() for p in weights) * 0.0 if weights else None
+
     def set_trainable(self, components: Iterable[str]) -> None:
         """Make exactly the named components trainable, and freeze the others."""
         components, known = set(components), list(self.components())

@@ -48,11 +48,12 @@ class Video:
     fps: float | None = None
 
     def sampling(self) -> dict:
-        """The processor keywords that sample the asked frames; none when nothing is asked."""
+        """The sampling asked, as ``sample_frames`` keywords (``num_frames`` or ``fps``); none
+        when nothing is asked."""
         if self.num_frames is not None:
-            return {"do_sample_frames": True, "num_frames": self.num_frames}
+            return {"num_frames": self.num_frames}
         if self.fps is not None:
-            return {"do_sample_frames": True, "fps": self.fps}
+            return {"fps": self.fps}
         return {}
 
 

@@ -312,27 +312,6 @@ class MMLLM(ComponentModel):
             embeds = embeds.masked_scatter(placeholders.unsqueeze(-1), projected)
         return embeds
 
-    def absent_media_term(
-        self, media: dict[str, torch.Tensor], pixel_values: torch.Tensor
-    ) -> torch.Tensor | None:
-        """Zero times the trainable weights of the media components this batch does not use:
-        under DDP every trainable weight must get a gradient in every step, and a stage that
-        mixes media (a replayed sound among clips) has batches without some of them. The
-        gradients are zeros, on one device as on several."""
-        present = {
-            m
-            for m in self.modalities
-            if len(pixel_values if m == "image" else media.get(MEDIA_INPUTS[m], ()))
-        }
-        unused = [
-            p
-            for name, readers in self.component_modalities().items()
-            if not readers & present
-            for p in self.components()[name].parameters()
-            if p.requires_grad
-        ]
-        return sum(p.sum() for p in unused) * 0.0 if unused and len(self.modalities) > 1 else None
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -357,8 +336,8 @@ class MMLLM(ComponentModel):
                 self, outputs.hidden_states[-1], input_ids, **generation
             )
             outputs.hidden_states = None  # every layer's states: not kept past this point
-        if labels is not None and (unused := self.absent_media_term(media, pixel_values)) is not None:
-            outputs.loss = outputs.loss + unused
+        if labels is not None and (unreached := self.media_weights_term()) is not None:
+            outputs.loss = outputs.loss + unreached
         return outputs
 
     @torch.no_grad()

@@ -41,16 +41,23 @@ def stream_modalities(stream) -> set[str]:
     )
 
 
-def check_modalities(tasks: list, model: ComponentModel) -> None:
+def check_modalities(tasks: list, model: ComponentModel) -> list[list[str]]:
     """Refuse, before the first step, a sample whose image, clip or sound the model cannot
     read (a clip given to an image-only family, a sound to a model without an audio
     encoder), naming the task, the sample and the families that read it. A sample's question
-    holds a placeholder per medium, so the check reads text only, never a file."""
+    holds a placeholder per medium, so the check reads text only, never a file. Returns each
+    task's media (of its training and test samples), in the tasks' order."""
+    found = []
     for task in tasks:
+        media = set()
         for split in ("train", "test"):
             for sample in sample_texts(getattr(task, split)):
-                for modality in sample_modalities(sample) - set(model.modalities):
+                carried = sample_modalities(sample)
+                media |= carried
+                for modality in carried - set(model.modalities):
                     raise ValueError(_refusal(task.name, split, sample["id"], modality, model))
+        found.append(sorted(media))
+    return found
 
 
 def freeze_absent_modalities(model: ComponentModel, dataset: Dataset) -> list[str]:

@@ -354,17 +354,8 @@ class PretrainedMMLLM(ComponentModel):
 
     def forward(self, **batch):
         outputs = self.hf(**batch)
-        if outputs.loss is not None and len(self.modalities) > 1:
-            # A batch without one of the family's media leaves the weights only that medium
-            # reaches (LLaVA-NeXT-Video's image_newline, Video-LLaVA's image tower in a batch of
-            # clips) without a gradient, which DDP refuses: zero times them gives them zeros.
-            media_weights = [
-                tensor
-                for name in self.component_modalities()
-                for tensor in self.component_tensors(name)
-                if isinstance(tensor, nn.Parameter) and tensor.requires_grad
-            ]
-            outputs.loss = outputs.loss + sum(p.sum() for p in media_weights) * 0.0
+        if outputs.loss is not None and (unreached := self.media_weights_term()) is not None:
+            outputs.loss = outputs.loss + unreached
         return outputs
 
     @torch.no_grad()

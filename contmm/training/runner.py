@@ -18,7 +18,6 @@ from contmm.model import ModelConfig, build_model
 from contmm.model.modalities import (
     check_modalities,
     freeze_absent_modalities,
-    modalities_in,
     stream_modalities,
 )
 from contmm.rundir.checkpoint import (
@@ -114,9 +113,11 @@ class ContinualRun:
         evaluated = [*stream.tasks, *self.held_out_tasks]  # held-out ids follow the stream's
         self.module = ContinualModule(self.model, self.strategies, optimizer, eval, len(evaluated))
         check_drawing(evaluated, self.model, eval.clip_model)
-        check_modalities([*evaluated, *([stream.pretrain_task] if stream.pretrain_task else [])], self.model)
-        # Each task's media (of its test samples), kept with the results: plots mark them.
-        self.task_media = {task.name: sorted(modalities_in(task.test)) for task in evaluated}
+        media = check_modalities(
+            [*evaluated, *([stream.pretrain_task] if stream.pretrain_task else [])], self.model
+        )
+        # Each task's media, kept with the results: plots mark them.
+        self.task_media = {task.name: found for task, found in zip(evaluated, media)}
         if any(task.scorer == "clip_score" for task in evaluated):
             self.module.clip_scorer()  # loaded now: a wrong eval.clip_model stops the run before training
         self.record = RunRecord(
